@@ -1,0 +1,135 @@
+"""The command line. Anything an operator can get wrong ends in one clear line on stderr and an
+exit code, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from . import logs
+from ._version import __version__
+from .config import Config, config_path, load_config
+from .exceptions import ConfigError, NotifierError
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH",
+                        help="config file (default: $SMARTERBOT_NOTIFIER_CONFIG, else ./config.toml)")
+    common.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    common.add_argument("--log-format", choices=["text", "json"],
+                        help="text on a terminal, JSON lines otherwise")
+    parser = argparse.ArgumentParser(prog="smarterbot-notifier",
+                                     description="Notify Slack, email and webhooks of new SmarterBot leads.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", parents=[common], help="run the daemon")
+    sub.add_parser("once", parents=[common], help="poll every chatbot once, deliver what is due, exit")
+    sub.add_parser("check", parents=[common], help="validate the config and exit")
+    demo = sub.add_parser("demo", parents=[common], help="see it work: simulator + console, no config")
+    demo.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    demo.add_argument("--every", type=float, default=3.0, metavar="SECONDS", help="a new lead this often")
+    sim = sub.add_parser("simulate", parents=[common], help="serve the built-in API simulator")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8765)
+    sim.add_argument("--api-key", default="sim-key")
+    sim.add_argument("--chatbots", type=int, default=2, metavar="N")
+    sim.add_argument("--every", type=float, default=5.0, metavar="SECONDS", help="a new lead this often")
+    sim.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    config = load_config(config_path(args.config))
+    logs.register_secrets(config.secrets)
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logs.configure(args.log_level, args.log_format)
+    try:
+        return asyncio.run(_dispatch(args))
+    except ConfigError as exc:
+        print(f"smarterbot-notifier: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except NotifierError as exc:
+        print(f"smarterbot-notifier: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    from .service import Service  # keeps `check` and `--help` light
+
+    command = args.command
+    if command == "check":
+        config = _load(args)
+        print(_summary(config))
+        return EXIT_OK
+    if command == "run":
+        await Service(_load(args)).run()
+        return EXIT_OK
+    if command == "once":
+        failed = await Service(_load(args)).once()
+        for name in failed:
+            print(f"smarterbot-notifier: poll failed for chatbot {name!r} (see the log above)", file=sys.stderr)
+        return EXIT_FAILED if failed else EXIT_OK
+    if command == "demo":
+        from .demo import run_demo
+        return await run_demo(args.duration, args.every)
+    if command == "simulate":
+        return await _simulate(args)
+    raise AssertionError(command)  # pragma: no cover - argparse restricts the choices
+
+
+def _summary(config: Config) -> str:
+    lines = [f"config OK: {config.source}", f"  state: {config.state_path}",
+             f"  api: {config.api.base_url} ({config.api.requests_per_second:g} requests/s)"]
+    for chatbot in config.chatbots:
+        lines.append(f"  chatbot {chatbot.name} ({chatbot.serial_number}): every {chatbot.interval:g}s, "
+                     f"lookback {chatbot.lookback_days}d, first run {chatbot.first_run} "
+                     f"-> {', '.join(chatbot.sinks)}")
+    for name, sink in config.sinks.items():
+        lines.append(f"  sink {name}: {sink.type}, types {', '.join(sorted(sink.types))}")
+    return "\n".join(lines)
+
+
+async def _simulate(args: argparse.Namespace) -> int:
+    import signal
+
+    from .simulator import Simulator, generate_leads, start_simulator
+
+    sim = Simulator(api_keys={args.api_key})
+    serials = [f"sim{i:029d}" for i in range(1, args.chatbots + 1)]
+    for serial in serials:
+        sim.add_chatbot(serial)
+    runner, base_url = await start_simulator(sim, args.host, args.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if args.duration is not None:
+        loop.call_later(args.duration, stop.set)
+    chatbots = "".join(f'\n[[chatbots]]\nname = "sim-{i}"\nserial_number = "{s}"\n'
+                       for i, s in enumerate(serials, 1))
+    print(f"# LeadList simulator at {base_url}, a new lead every {args.every:g}s. Ctrl-C to stop.\n"
+          f"# Try it with this config:\n[api]\nbase_url = \"{base_url}\"\napi_key = \"{args.api_key}\"\n"
+          f"{chatbots}\n[sinks.console]\ntype = \"console\"", flush=True)
+    try:
+        await generate_leads(sim, serials, args.every, stop)
+    finally:
+        await runner.cleanup()
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+
+

@@ -1,0 +1,207 @@
+"""The whole configuration, validated at load into frozen dataclasses: after `load_config`
+nothing else in the program needs to doubt a value."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .exceptions import ConfigError
+from .sinks import SINK_TYPES, SinkConfig
+from .sinks.webhook import check_http_url
+from .tomlsource import LineIndex, Table
+
+FirstRun = Literal["baseline", "notify"]
+CONFIG_ENV = "SMARTERBOT_NOTIFIER_CONFIG"
+DEFAULT_BASE_URL = "https://chat.smarterbot.ai"
+_SINK_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    base_url: str = DEFAULT_BASE_URL
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float = 20.0
+    requests_per_second: float = 5.0
+    max_response_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PollConfig:
+    interval: float = 60.0
+    lookback_days: int = 2
+    first_run: FirstRun = "baseline"
+
+
+@dataclass(frozen=True)
+class ChatbotConfig:
+    name: str
+    serial_number: str
+    interval: float
+    lookback_days: int
+    first_run: FirstRun
+    api_key: str = field(repr=False)
+    sinks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    max_attempts: int = 20
+    backoff_initial: float = 2.0
+    backoff_max: float = 600.0
+    concurrency: int = 16
+    shutdown_grace: float = 10.0
+
+
+@dataclass(frozen=True)
+class Config:
+    api: ApiConfig
+    state_path: Path
+    poll: PollConfig
+    chatbots: tuple[ChatbotConfig, ...]
+    sinks: Mapping[str, SinkConfig]
+    delivery: DeliveryConfig
+    source: str | None = None
+    secrets: frozenset[str] = field(default=frozenset(), repr=False)
+
+    def chatbot(self, name: str) -> ChatbotConfig | None:
+        return next((c for c in self.chatbots if c.name == name or c.serial_number == name), None)
+
+
+def config_path(explicit: str | None, env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(explicit or env.get(CONFIG_ENV) or "config.toml")
+
+
+def default_state_path(env: Mapping[str, str]) -> Path:
+    state_dir = env.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(state_dir) / "state.db" if state_dir else Path("state.db")
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found (use --config or ${CONFIG_ENV})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    return parse_config(text, str(path), env)
+
+
+def parse_config(text: str, source: str | None = None, env: Mapping[str, str] | None = None) -> Config:
+    env = os.environ if env is None else env
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"line (\d+)", str(exc))
+        raise ConfigError(f"invalid TOML: {exc}", line=int(match.group(1)) if match else None,
+                          path=source) from None
+    root = Table(data, (), LineIndex(text), source, env)
+
+    api = _api(root.table("api"))
+    state = root.table("state")
+    state_path = Path(state.text("path", str(default_state_path(env))))
+    state.finish()
+    poll = _poll(root.table("poll"), PollConfig())
+    delivery = _delivery(root.table("delivery"))
+    sinks = _sinks(root)
+    chatbots = _chatbots(root, api, poll, sinks)
+    root.finish()
+    return Config(api=api, state_path=state_path, poll=poll, chatbots=chatbots, sinks=sinks,
+                  delivery=delivery, source=source, secrets=frozenset(root.secrets))
+
+
+def _api(table: Table) -> ApiConfig:
+    base_url = table.text("base_url", DEFAULT_BASE_URL).rstrip("/")
+    check_http_url(table, "base_url", base_url)
+    config = ApiConfig(
+        base_url=base_url,
+        api_key=table.secret("api_key"),
+        timeout=table.number("timeout", 20.0, minimum=0.1, maximum=600),
+        requests_per_second=table.number("requests_per_second", 5.0, minimum=0.01, maximum=10_000),
+        max_response_bytes=table.number("max_response_bytes", 64 * 1024 * 1024, minimum=1024,
+                                        integer=True),
+    )
+    table.finish()
+    return config
+
+
+def _poll(table: Table, defaults: PollConfig, *, finish: bool = True) -> PollConfig:
+    config = PollConfig(
+        interval=float(table.number("interval", defaults.interval, minimum=0.1, maximum=86_400)),
+        lookback_days=table.number("lookback_days", defaults.lookback_days, minimum=1, maximum=366,
+                                   integer=True),
+        first_run=table.text("first_run", defaults.first_run, choices=("baseline", "notify")),
+    )
+    if finish:
+        table.finish()
+    return config
+
+
+def _delivery(table: Table) -> DeliveryConfig:
+    initial = float(table.number("backoff_initial", 2.0, minimum=0.01, maximum=3600))
+    config = DeliveryConfig(
+        max_attempts=table.number("max_attempts", 20, minimum=1, maximum=1000, integer=True),
+        backoff_initial=initial,
+        backoff_max=float(table.number("backoff_max", 600.0, minimum=initial, maximum=86_400)),
+        concurrency=table.number("concurrency", 16, minimum=1, maximum=1000, integer=True),
+        shutdown_grace=float(table.number("shutdown_grace", 10.0, minimum=0, maximum=3600)),
+    )
+    table.finish()
+    return config
+
+
+def _sinks(root: Table) -> dict[str, SinkConfig]:
+    sinks_table = root.table("sinks")
+    if not sinks_table.data:
+        raise root.error("sinks", "at least one [sinks.NAME] section is required")
+    sinks: dict[str, SinkConfig] = {}
+    for name in sinks_table.data:
+        table = sinks_table.table(name)
+        if not _SINK_NAME.match(name):
+            raise table.error(None, "sink names use letters, digits, '_', '-' and '.' (at most 64)")
+        kind = table.text("type", choices=SINK_TYPES)
+        sinks[name] = SINK_TYPES[kind].parse(name, table)
+        table.finish()
+    return sinks
+
+
+def _chatbots(root: Table, api: ApiConfig, poll: PollConfig,
+              sinks: Mapping[str, SinkConfig]) -> tuple[ChatbotConfig, ...]:
+    raw = root.raw("chatbots")
+    if raw is None or raw == []:
+        raise root.error("chatbots", "at least one [[chatbots]] entry is required")
+    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+        raise root.error("chatbots", "must be written as [[chatbots]] tables")
+    chatbots: list[ChatbotConfig] = []
+    names: set[str] = set()
+    serials: set[str] = set()
+    for i, item in enumerate(raw):
+        table = root.child(item, ("chatbots", i))
+        serial = table.text("serial_number").strip()
+        name = table.text("name", serial).strip()
+        if name in names:
+            raise table.error("name", f"chatbot name {name!r} is used twice")
+        if serial in serials:
+            raise table.error("serial_number", f"serial_number {serial!r} is listed twice")
+        names.add(name)
+        serials.add(serial)
+        own = _poll(table, poll, finish=False)
+        api_key = table.secret("api_key") or api.api_key
+        if not api_key:
+            raise table.error("api_key", "no API key: set [api] api_key (or api_key_file) or this chatbot's")
+        chosen = table.text_list("sinks", tuple(sinks))
+        for sink in chosen:
+            if sink not in sinks:
+                known = ", ".join(sorted(sinks))
+                raise table.error("sinks", f"unknown sink {sink!r} (configured: {known})")
+        table.finish()
+        chatbots.append(ChatbotConfig(name=name, serial_number=serial, interval=own.interval,
+                                      lookback_days=own.lookback_days, first_run=own.first_run,
+                                      api_key=api_key, sinks=chosen))
+    return tuple(chatbots)

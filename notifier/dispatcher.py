@@ -1,0 +1,164 @@
+"""The one place that owns delivery: picks due rows from the outbox, hands them to sinks,
+and records the outcome. Sinks only send and say whether a failure is worth retrying."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Mapping, Sequence
+
+import structlog
+
+from .config import DeliveryConfig
+from .exceptions import PermanentError, RetryableError
+from .sinks.base import safe_text
+from .store import Store
+from .types import Clock, Delivery, Sink
+
+log = structlog.get_logger("notifier.dispatcher")
+
+MAX_RETRY_AFTER = 86_400.0
+IDLE_RECHECK = 5.0  # also picks up rows another process (outbox retry) made due
+
+
+class Dispatcher:
+    def __init__(self, store: Store, sinks: Mapping[str, Sink], config: DeliveryConfig,
+                 clock: Clock) -> None:
+        self.store = store
+        self.sinks = dict(sinks)
+        self.config = config
+        self.clock = clock
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._busy: set[int] = set()
+        self.delivered = 0
+        self.failed = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def backoff(self, attempts: int, retry_after: float | None) -> float:
+        """Full exponential backoff with jitter (half to all of the step), never sooner than
+        the server's Retry-After."""
+        step = min(self.config.backoff_max, self.config.backoff_initial * 2 ** max(0, attempts - 1))
+        delay: float = step * random.uniform(0.5, 1.0)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
+        return delay
+
+    # -- scheduling ---------------------------------------------------------------------
+    def start_due(self) -> int:
+        """Start as many due deliveries as concurrency allows; returns how many started."""
+        free = self.config.concurrency - len(self._tasks)
+        if free <= 0 or not self.sinks:
+            return 0
+        now = self.clock().timestamp()
+        started = 0
+        for delivery in self.store.due(now, self.sinks, free + len(self._busy)):
+            if started == free:
+                break
+            if delivery.id in self._busy:
+                continue
+            group = [delivery] if delivery.batch is None else self.store.batch(delivery.sink, delivery.batch)
+            group = [d for d in group if d.id not in self._busy] or [delivery]
+            self._busy.update(d.id for d in group)
+            task = asyncio.create_task(self._deliver(group), name=f"deliver-{delivery.id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._finished)
+            started += 1
+        return started
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until `stop` is set, then give in-flight deliveries the grace period."""
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                self.start_due()
+                now = self.clock().timestamp()
+                next_at = self.store.next_due(self.sinks, after=now)
+                timeout = IDLE_RECHECK if next_at is None else min(IDLE_RECHECK, max(0.0, next_at - now))
+                waking = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait({stopping, waking}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                waking.cancel()
+        finally:
+            stopping.cancel()
+            await self.drain(self.config.shutdown_grace)
+
+    async def deliver_due(self) -> None:
+        """Deliver everything due now, waiting for each to finish (the `once` command)."""
+        while self.start_due() or self._tasks:
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+
+    async def drain(self, grace: float) -> None:
+        """Let in-flight deliveries finish within `grace` seconds, then cancel the rest: they
+        stay pending and are sent after the next start (the same webhook-id)."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        if pending:
+            log.warning("deliveries still in flight at shutdown; left pending for the next start",
+                        count=len(pending))
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # -- one delivery -------------------------------------------------------------------
+    async def _deliver(self, group: Sequence[Delivery]) -> None:
+        first = group[0]
+        ids = [d.id for d in group]
+        sink = self.sinks[first.sink]
+        attempt = first.attempts + 1
+        try:
+            if first.batch is None:
+                await sink.send(first)
+            else:
+                await sink.send_digest(group)
+        except asyncio.CancelledError:
+            raise
+        except PermanentError as exc:
+            self._record_failure(group, attempt, exc.reason, retryable=False)
+        except RetryableError as exc:
+            self._record_failure(group, attempt, exc.reason, retryable=True, retry_after=exc.retry_after)
+        except Exception as exc:  # a sink bug: keep the lead, retry, and say so loudly
+            log.exception("sink raised an unexpected error", sink=first.sink)
+            self._record_failure(group, attempt, f"internal error: {type(exc).__name__}: {exc}",
+                                 retryable=True)
+        else:
+            self.store.mark_done(ids, self.clock().timestamp())
+            self.delivered += len(group)
+            log.info("delivered", sink=first.sink, chatbot=first.chatbot, webhook_id=first.webhook_id,
+                     type=first.lead.type, attempt=attempt, leads=len(group))
+        finally:
+            self._busy.difference_update(ids)
+
+    def _record_failure(self, group: Sequence[Delivery], attempt: int, reason: str, *,
+                        retryable: bool, retry_after: float | None = None) -> None:
+        first = group[0]
+        ids = [d.id for d in group]
+        reason = safe_text(reason, 500)
+        now = self.clock().timestamp()
+        self.failed += 1
+        fields = {"sink": first.sink, "chatbot": first.chatbot, "webhook_id": first.webhook_id,
+                  "attempt": attempt, "reason": reason, "leads": len(group)}
+        if not retryable:
+            self.store.mark_dead(ids, now, f"permanent: {reason}")
+            log.error("delivery failed permanently; moved to dead letters", **fields)
+        elif attempt >= self.config.max_attempts:
+            self.store.mark_dead(ids, now, f"gave up after {attempt} attempts: {reason}")
+            log.error("delivery gave up; moved to dead letters", **fields)
+        else:
+            delay = self.backoff(attempt, retry_after)
+            self.store.mark_retry(ids, now, now + delay, reason)
+            log.warning("delivery failed; will retry", retry_in=round(delay, 1), **fields)
+
+    async def aclose(self) -> None:
+        for sink in self.sinks.values():
+            with contextlib.suppress(Exception):
+                await sink.aclose()

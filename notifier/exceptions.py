@@ -1,0 +1,78 @@
+"""Every error an operator can cause carries what they need to fix it, so the CLI
+can print one clear line instead of a traceback."""
+
+from __future__ import annotations
+
+
+class NotifierError(Exception):
+    """Base of every error the CLI reports as a message rather than a traceback."""
+
+
+class ConfigError(NotifierError):
+    """A configuration problem, named by its dotted key and, where known, its line."""
+
+    def __init__(self, message: str, key: str | None = None, line: int | None = None,
+                 path: str | None = None) -> None:
+        self.message = message
+        self.key = key
+        self.line = line
+        self.path = path
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = []
+        if self.path:
+            where.append(self.path if self.line is None else f"{self.path}:{self.line}")
+        elif self.line is not None:
+            where.append(f"line {self.line}")
+        if self.key:
+            where.append(self.key)
+        prefix = ": ".join(where)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class ApiError(NotifierError):
+    """The vendor API failed for one chatbot; `message` is the vendor's own Message when it sent one."""
+
+    def __init__(self, chatbot: str, message: str, code: int | str | None = None,
+                 http_status: int | None = None) -> None:
+        self.chatbot = chatbot
+        self.message = message
+        self.code = code
+        self.http_status = http_status
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        parts = [f"chatbot {self.chatbot!r}"]
+        if self.http_status is not None:
+            parts.append(f"HTTP {self.http_status}")
+        if self.code is not None:
+            parts.append(f"Code {self.code}")
+        return f"{', '.join(parts)}: {self.message}"
+
+
+class StateError(NotifierError):
+    """The state database cannot be used; the file is left exactly as it was."""
+
+
+class DeliveryError(NotifierError):
+    """Raised by a sink when it could not send. Sinks only say *whether* to retry;
+    the dispatcher owns backoff, attempts and dead-lettering."""
+
+    def __init__(self, reason: str, status: int | str | None = None) -> None:
+        self.reason = reason
+        self.status = status
+        super().__init__(reason)
+
+
+class RetryableError(DeliveryError):
+    """A failure that may pass: 5xx, 408, 429, timeouts, refused connections."""
+
+    def __init__(self, reason: str, status: int | str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(reason, status)
+        self.retry_after = retry_after
+
+
+class PermanentError(DeliveryError):
+    """A failure that retrying cannot fix (4xx, bad credentials, unknown channel)."""

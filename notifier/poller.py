@@ -1,0 +1,211 @@
+"""Polls one chatbot on its interval and turns its answer into seen keys and pending deliveries.
+
+The request window. The vendor filters by date only and says neither in which timezone it reads
+the dates nor whether endTime is inclusive. We ask from one day before the lookback's first day
+to two days after today (UTC): whatever timezone (UTC-12 to UTC+14) and whichever inclusivity the
+server uses, that window contains every instant from now back to the lookback. The earliest
+instant any reading could return is the *horizon*; records before it are ignored (a server that
+ignores startTime cannot resurrect pruned keys) and seen keys before it are pruned.
+
+Coverage. For each chatbot the store keeps the instant from which its seen keys are complete.
+A record older than that was never watched (first run, or a lookback made longer): it follows
+`first_run`, "baseline" recording it silently, "notify" delivering it. Everything newer and
+unseen is a new lead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+
+import structlog
+
+from .api import LeadListClient
+from .config import ChatbotConfig
+from .exceptions import ApiError, StateError
+from .leads import to_micros
+from .sinks import SinkConfig
+from .store import Store
+from .types import Clock, Lead
+
+log = structlog.get_logger("notifier.poller")
+
+EARLIEST_OFFSET = timedelta(hours=14)  # UTC+14, the earliest local midnight on Earth
+JITTER = 0.05  # each interval varies by ±5% so chatbots do not poll in lockstep
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    start: date
+    end: date
+    horizon_us: int
+
+
+def request_window(now: datetime, lookback_days: int) -> Window:
+    now = now.astimezone(UTC)
+    start = (now - timedelta(days=lookback_days)).date() - timedelta(days=1)
+    end = now.date() + timedelta(days=2)
+    horizon = datetime.combine(start, time(0), UTC) - EARLIEST_OFFSET
+    return Window(start, end, to_micros(horizon))
+
+
+@dataclass
+class PollStatus:
+    """What the rest of the program (once, status, readiness) needs to know about a chatbot."""
+
+    polls: int = 0
+    failures: int = 0  # consecutive
+    last_poll: datetime | None = None
+    last_success: datetime | None = None
+    last_error: str | None = None
+    new_leads: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PollResult:
+    unchanged: bool = False
+    records: int = 0
+    new: int = 0
+    baselined: int = 0
+    skipped: int = 0
+    queued: int = 0
+
+
+@dataclass
+class ChatbotPoller:
+    chatbot: ChatbotConfig
+    client: LeadListClient
+    store: Store
+    sinks: Mapping[str, SinkConfig]
+    clock: Clock
+    on_queued: Callable[[], None] = lambda: None
+    status: PollStatus = field(default_factory=PollStatus)
+    _digest: bytes | None = None
+    _warned: set[str] = field(default_factory=set)
+
+    def routes(self, lead: Lead) -> tuple[str, ...]:
+        return tuple(s for s in self.chatbot.sinks if s in self.sinks and self.sinks[s].accepts(lead.type))
+
+    async def poll_once(self) -> PollResult:
+        """One request and at most one transaction. Raises ApiError or StateError; state is
+        only written after the whole answer was understood."""
+        chatbot = self.chatbot
+        now = self.clock()
+        self.status.last_poll = now
+        window = request_window(now, chatbot.lookback_days)
+        answer = await self.client.fetch(chatbot=chatbot.name, serial_number=chatbot.serial_number,
+                                         api_key=chatbot.api_key, start=window.start, end=window.end,
+                                         previous_digest=self._digest)
+        if answer is None:
+            return PollResult(unchanged=True)
+        parsed = answer.records
+        self._warn_skipped(parsed.skipped, parsed.naive_times)
+        try:
+            result = self._record(parsed.leads, window, now)
+        except sqlite3.Error as exc:
+            raise StateError(f"chatbot {chatbot.name!r}: state write failed, nothing recorded: {exc}") from None
+        self._digest = answer.body_digest
+        return PollResult(records=len(parsed.leads), skipped=len(parsed.skipped), new=result[0],
+                          baselined=result[1], queued=result[2])
+
+    def _record(self, leads: list[Lead], window: Window, now: datetime) -> tuple[int, int, int]:
+        chatbot = self.chatbot
+        serial = chatbot.serial_number
+        leads = [lead for lead in leads if lead.key.created_us >= window.horizon_us]
+        coverage = self.store.coverage(serial)
+        seen = self.store.seen_since(serial, min(lead.key.created_us for lead in leads)) if leads else set()
+        notify: list[tuple[Lead, tuple[str, ...]]] = []
+        silent: list[Lead] = []
+        for lead in leads:
+            if (lead.key.session_id, lead.key.created_us) in seen:
+                continue
+            unwatched = coverage is None or lead.key.created_us < coverage
+            if unwatched and chatbot.first_run == "baseline":
+                silent.append(lead)
+            else:
+                notify.append((lead, self.routes(lead)))
+        queued = 0
+        if notify or silent or coverage is None or coverage > window.horizon_us:
+            queued = self.store.record_poll(serial=serial, chatbot=chatbot.name,
+                                            covered_from_us=window.horizon_us, detected_at=now,
+                                            notify=notify, silent=silent)
+            if coverage is None:
+                log.info("chatbot baselined", chatbot=chatbot.name, existing=len(silent) + len(notify),
+                         first_run=chatbot.first_run)
+        elif coverage < window.horizon_us:
+            pruned = self.store.prune(serial, window.horizon_us)
+            log.debug("pruned seen keys", chatbot=chatbot.name, pruned=pruned)
+        if notify:
+            log.info("new leads", chatbot=chatbot.name, count=len(notify), queued=queued,
+                     sessions=[lead.key.session_id for lead, _ in notify[:20]])
+            self.status.new_leads += len(notify)
+        if queued:
+            self.on_queued()
+        return len(notify), len(silent), queued
+
+    def _warn_skipped(self, skipped: list[tuple[int, str]], naive: int) -> None:
+        for index, reason in skipped:
+            if reason not in self._warned:
+                if len(self._warned) > 1000:
+                    self._warned.clear()
+                self._warned.add(reason)
+                log.warning("record skipped", chatbot=self.chatbot.name, index=index, reason=reason)
+        if naive and "naive" not in self._warned:
+            self._warned.add("naive")
+            log.warning("CreateTime without timezone offset, read as UTC", chatbot=self.chatbot.name,
+                        records=naive)
+
+    async def run(self, stop: asyncio.Event, *, first_delay: float | None = None) -> None:
+        """Poll until `stop` is set. Never raises: every failure is logged and retried later."""
+        loop = asyncio.get_running_loop()
+        interval = self.chatbot.interval
+        delay = random.uniform(0, min(interval, 1.0)) if first_delay is None else first_delay
+        next_at = loop.time() + delay
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_at - loop.time()))
+                return
+            except TimeoutError:
+                pass
+            ok = await self.poll_logged()
+            jitter = random.uniform(1 - JITTER, 1 + JITTER)
+            if ok:
+                next_at = max(next_at + interval * jitter, loop.time() + interval * JITTER)
+            else:
+                backoff = min(min(interval, 5.0) * 2 ** (self.status.failures - 1), max(interval, 120.0))
+                next_at = loop.time() + backoff * jitter
+
+    async def poll_logged(self) -> bool:
+        """poll_once with the bookkeeping and logging every caller wants; True on success."""
+        status = self.status
+        status.polls += 1
+        try:
+            result = await self.poll_once()
+        except ApiError as exc:
+            status.failures += 1
+            status.last_error = str(exc)
+            log.warning("poll failed", chatbot=self.chatbot.name, error=exc.message, code=exc.code,
+                        http_status=exc.http_status, consecutive=status.failures)
+            return False
+        except StateError as exc:
+            status.failures += 1
+            status.last_error = str(exc)
+            log.error("poll failed", chatbot=self.chatbot.name, error=str(exc))
+            return False
+        except Exception as exc:  # a bug must not stop the other chatbots or this loop
+            status.failures += 1
+            status.last_error = f"internal error: {type(exc).__name__}: {exc}"
+            log.exception("poll failed with an internal error", chatbot=self.chatbot.name)
+            return False
+        if status.failures:
+            log.info("poll recovered", chatbot=self.chatbot.name, after_failures=status.failures)
+        status.failures = 0
+        status.last_error = None
+        status.last_success = self.clock()
+        log.debug("polled", chatbot=self.chatbot.name, unchanged=result.unchanged, records=result.records,
+                  new=result.new, baselined=result.baselined, skipped=result.skipped)
+        return True

@@ -1,0 +1,35 @@
+"""The one explicit table of sink types: `type = "..."` in the config looks here, nowhere else."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .base import SinkConfig, SinkContext
+from .console import ConsoleConfig, ConsoleSink
+from .webhook import WebhookConfig, WebhookSink
+
+if TYPE_CHECKING:
+    from ..tomlsource import Table
+    from ..types import Sink
+
+
+@dataclass(frozen=True)
+class SinkType:
+    parse: Callable[[str, Table], SinkConfig]
+    create: Callable[[Any, SinkContext], Sink]
+    human: bool  # read by people (digests make sense), as opposed to machines
+
+
+SINK_TYPES: dict[str, SinkType] = {
+    "webhook": SinkType(WebhookConfig.from_table, WebhookSink, human=False),
+    "console": SinkType(ConsoleConfig.from_table, ConsoleSink, human=True),
+}
+
+
+def create_sink(config: SinkConfig, context: SinkContext) -> Sink:
+    return SINK_TYPES[config.type].create(config, context)
+
+
+__all__ = ["SINK_TYPES", "SinkConfig", "SinkContext", "SinkType", "create_sink"]

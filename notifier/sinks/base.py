@@ -1,0 +1,111 @@
+"""What every sink shares: the common config fields, the context a sink is built with, and the
+small helpers for turning HTTP answers into Retryable/Permanent errors."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from ..exceptions import PermanentError, RetryableError
+from ..types import LEAD_TYPES, Clock, Delivery, LeadType
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from ..tomlsource import Table
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SinkConfig:
+    name: str
+    type: str
+    types: frozenset[LeadType] = frozenset(LEAD_TYPES)
+
+    def accepts(self, lead_type: str) -> bool:
+        return lead_type in self.types
+
+    @staticmethod
+    def common(name: str, table: Table) -> dict[str, Any]:
+        """The keys every sink takes; each sink's `from_table` adds its own."""
+        return {
+            "name": name,
+            "type": table.text("type"),
+            "types": frozenset(table.text_list("types", LEAD_TYPES, choices=LEAD_TYPES)),
+        }
+
+
+@dataclass(frozen=True)
+class SinkContext:
+    """What a sink may use: one shared HTTP session, the clock, where console output goes."""
+
+    http: aiohttp.ClientSession
+    clock: Clock = field(default=lambda: datetime.now(UTC))
+    user_agent: str = "smarterbot-notifier"
+    stdout: IO[str] | None = None
+
+
+class SinkBase:
+    """Default behaviour: a digest is sent as its individual messages, closing is a no-op."""
+
+    name: str
+
+    async def send(self, delivery: Delivery) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def send_digest(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            await self.send(delivery)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def safe_text(value: str, limit: int = 200) -> str:
+    """For logs and terminals: no control characters, no bidi overrides, bounded length."""
+    cleaned = _CONTROL.sub("\ufffd", value)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+
+
+def public_url(url: str) -> str:
+    """A URL fit for a log line: scheme, host and path only (query strings and user info
+    often carry tokens)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<invalid url>"
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def raise_for_http(status: int, reason: str, retry_after: float | None) -> None:
+    """The one mapping of HTTP status to outcome shared by HTTP sinks: 2xx delivered;
+    408, 429 and 5xx retry; redirects and other 4xx are permanent."""
+    if 200 <= status < 300:
+        return
+    if status in (408, 425, 429) or status >= 500:
+        raise RetryableError(reason, status=status, retry_after=retry_after)
+    raise PermanentError(reason, status=status)

@@ -1,0 +1,51 @@
+"""Prints leads to a terminal or a log collector: one safe line per lead (text) or one JSON
+document per line (json). Lead text never reaches the terminal with its control characters."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from ..types import Delivery
+from .base import SinkBase, SinkConfig, SinkContext, safe_text
+from .webhook import webhook_payload
+
+if TYPE_CHECKING:
+    from ..tomlsource import Table
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsoleConfig(SinkConfig):
+    format: Literal["text", "json"] = "text"
+
+    @classmethod
+    def from_table(cls, name: str, table: Table) -> ConsoleConfig:
+        return cls(**cls.common(name, table), format=table.text("format", "text", choices=("text", "json")))
+
+
+def render_text(delivery: Delivery) -> str:
+    lead = delivery.lead
+    created = lead.created.strftime("%Y-%m-%d %H:%M:%S UTC")
+    name = safe_text(lead.name, 80) or "(no name)"
+    email = safe_text(lead.email, 120) or "(no email)"
+    return (f"{lead.type:<11} {name} <{email}>  chatbot={safe_text(delivery.chatbot, 80)}"
+            f"  created={created}")
+
+
+def render_json(delivery: Delivery) -> str:
+    # ensure_ascii escapes every control and non-ASCII character: nothing reaches the terminal raw
+    return json.dumps(webhook_payload(delivery), ensure_ascii=True, separators=(",", ":"))
+
+
+class ConsoleSink(SinkBase):
+    def __init__(self, config: ConsoleConfig, context: SinkContext) -> None:
+        self.name = config.name
+        self.config = config
+        self.stream = context.stdout or sys.stdout
+
+    async def send(self, delivery: Delivery) -> None:
+        line = render_json(delivery) if self.config.format == "json" else render_text(delivery)
+        self.stream.write(line + "\n")
+        self.stream.flush()

@@ -1,0 +1,84 @@
+"""The shapes every module agrees on: a lead, one delivery of it, and the Protocols
+that sinks and clocks satisfy. Kept in one place so a reader finds the contracts first."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+LeadType = Literal["Lead", "Appointment"]
+LEAD_TYPES: tuple[LeadType, ...] = ("Lead", "Appointment")
+EVENT_TYPES: Mapping[str, str] = {"Lead": "lead.created", "Appointment": "appointment.created"}
+
+JSONDict = dict[str, Any]
+Clock = Callable[[], datetime]
+"""Returns an aware UTC datetime. Injected so tests control 'now' without sleeping."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeadKey:
+    """The identity of a lead: one instant written two ways is one key."""
+
+    serial_number: str
+    session_id: int
+    created_us: int  # CreateTime as microseconds since the Unix epoch, UTC
+
+    def webhook_id(self) -> str:
+        """Stable across retries, restarts and sinks, so consumers can deduplicate."""
+        digest = hashlib.sha256(
+            f"{self.serial_number}\x1f{self.session_id}\x1f{self.created_us}".encode()
+        ).hexdigest()
+        return f"msg_{digest[:32]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Lead:
+    """A validated record. `raw` is exactly what the API returned, for webhooks;
+    the typed fields are for rendering and routing."""
+
+    key: LeadKey
+    type: LeadType
+    created: datetime
+    name: str
+    email: str
+    phone: str
+    content: str
+    uri: str
+    raw: JSONDict
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One pending message for one sink, as the dispatcher hands it over."""
+
+    id: int
+    sink: str
+    chatbot: str
+    lead: Lead
+    detected_at: datetime
+    attempts: int = 0
+    batch: int | None = None  # deliveries of one poll sent together as a digest
+
+    @property
+    def webhook_id(self) -> str:
+        return self.lead.key.webhook_id()
+
+    @property
+    def event_type(self) -> str:
+        return EVENT_TYPES[self.lead.type]
+
+
+class Sink(Protocol):
+    """A sink only sends. It raises RetryableError or PermanentError on failure and
+    never sleeps for retries itself: the dispatcher owns retry, backoff and bookkeeping."""
+
+    name: str
+
+    async def send(self, delivery: Delivery) -> None: ...
+
+    async def send_digest(self, deliveries: Sequence[Delivery]) -> None: ...
+
+    async def aclose(self) -> None: ...
