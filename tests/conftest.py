@@ -1,0 +1,142 @@
+"""Real local servers for every test: the LeadList simulator and a webhook receiver that checks
+signatures on its own (not with the code under test). Only loopback; every wait is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from notifier.simulator import Simulator, start_simulator
+
+API_KEY = "test-api-key-0123456789"
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+SERIAL_A = "3254a9d0424c4806b9ea3d0763ccfaaa"
+SERIAL_B = "3254a9d0424c4806b9ea3d0763ccfbbb"
+
+
+async def until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> None:
+    """Wait for a condition with a bound: never sleep-and-hope."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def until_sync(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def verify_signature(secret: str, headers: Any, body: bytes) -> bool:
+    """Standard Webhooks verification, written from the spec independently of notifier's signer."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return any(sig.split(",", 1)[1] == expected for sig in headers["webhook-signature"].split())
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """A webhook consumer. `responses` are served in order, then 200."""
+
+    url: str = ""
+    secret: str | None = WEBHOOK_SECRET
+    received: list[Received] = field(default_factory=list)
+    accepted: list[Received] = field(default_factory=list)
+    responses: list[tuple[int, dict[str, str], float]] = field(default_factory=list)
+    fail_every: int = 0  # answer 500 to every n-th request
+    bad_signatures: int = 0
+    released: asyncio.Event = field(default_factory=asyncio.Event)  # ends every delay at teardown
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        item = Received(dict(request.headers), body)
+        self.received.append(item)
+        if self.secret and not verify_signature(self.secret, request.headers, body):
+            self.bad_signatures += 1
+            return web.Response(status=401, text="bad signature")
+        status, headers, delay = self.responses.pop(0) if self.responses else (200, {}, 0.0)
+        if delay:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.released.wait(), delay)
+        if self.fail_every and len(self.received) % self.fail_every == 0:
+            status = 500
+        if 200 <= status < 300:
+            self.accepted.append(item)
+        return web.Response(status=status, headers=headers, text="ok" if status < 300 else "nope")
+
+    def ids(self) -> list[str]:
+        return [r.headers["webhook-id"] for r in self.accepted]
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[tuple[Simulator, str]]:
+    sim = Simulator(api_keys={API_KEY})
+    sim.add_chatbot(SERIAL_A)
+    sim.add_chatbot(SERIAL_B)
+    runner, url = await start_simulator(sim)
+    yield sim, url
+    await runner.cleanup()
+
+
+async def serve(handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                path: str = "/hook") -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    app.router.add_route("*", path, handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}{path}"
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    rec = Receiver()
+    runner, rec.url = await serve(rec.handle)
+    yield rec
+    rec.released.set()
+    await runner.cleanup()
+
+
+def write_config(tmp_path: Path, api_url: str, hook_url: str | None = None, *, extra: str = "",
+                 poll: str = "interval = 0.2", chatbots: str | None = None, sinks: str | None = None) -> Path:
+    if sinks is None:
+        sinks = f'[sinks.crm]\ntype = "webhook"\nurl = "{hook_url}"\nsecret = "{WEBHOOK_SECRET}"\n'
+    if chatbots is None:
+        chatbots = (f'[[chatbots]]\nname = "alpha"\nserial_number = "{SERIAL_A}"\n\n'
+                    f'[[chatbots]]\nname = "beta"\nserial_number = "{SERIAL_B}"\n')
+    text = (f'[api]\nbase_url = "{api_url}"\napi_key = "{API_KEY}"\ntimeout = 2\nrequests_per_second = 200\n\n'
+            f'[state]\npath = "{tmp_path / "state.db"}"\n\n[poll]\n{poll}\n\n'
+            f'[delivery]\nbackoff_initial = 0.05\nbackoff_max = 0.2\nshutdown_grace = 2\n\n'
+            f"{sinks}\n{chatbots}\n{extra}")
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path

@@ -1,0 +1,161 @@
+"""The dispatcher's rules, with a scripted sink (our own Sink protocol, not a mock of HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from notifier.config import DeliveryConfig
+from notifier.dispatcher import Dispatcher
+from notifier.exceptions import PermanentError, RetryableError
+from notifier.leads import parse_records
+from notifier.store import Store
+from notifier.types import Delivery
+
+from .conftest import until
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2025, 3, 1, 12, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class ScriptedSink:
+    def __init__(self, name: str, outcomes: list[Exception | None] | None = None, delay: float = 0.0) -> None:
+        self.name = name
+        self.outcomes = outcomes or []
+        self.delay = delay
+        self.sent: list[Delivery] = []
+        self.digests: list[list[Delivery]] = []
+
+    async def send(self, delivery: Delivery) -> None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        outcome = self.outcomes.pop(0) if self.outcomes else None
+        if outcome is not None:
+            raise outcome
+        self.sent.append(delivery)
+
+    async def send_digest(self, deliveries: Sequence[Delivery]) -> None:
+        self.digests.append(list(deliveries))
+
+    async def aclose(self) -> None:
+        pass
+
+
+def setup(tmp_path: Path, sink: ScriptedSink, n: int = 1, batches: tuple[str, ...] = (),
+          **delivery: float) -> tuple[Store, Dispatcher, Clock]:
+    clock = Clock()
+    store = Store(tmp_path / "s.db")
+    leads = parse_records("serial", [{"Type": "Lead", "SessionID": i, "CreateTime": "2025-03-01T10:00:00Z"}
+                                     for i in range(n)]).leads
+    store.record_poll(serial="serial", chatbot="bot", covered_from_us=0, detected_at=clock.now,
+                      notify=[(lead, (sink.name,)) for lead in leads], silent=[], batches=batches)
+    config = DeliveryConfig(**{"max_attempts": 3, "backoff_initial": 1.0, "backoff_max": 8.0, **delivery})  # type: ignore[arg-type]
+    return store, Dispatcher(store, {sink.name: sink}, config, clock), clock
+
+
+def outbox(store: Store) -> list[tuple[str, int, float, str | None]]:
+    return list(store._db.execute("SELECT state, attempts, next_at, last_error FROM outbox ORDER BY id"))
+
+
+async def test_success_marks_done(tmp_path: Path) -> None:
+    sink = ScriptedSink("crm")
+    store, dispatcher, _ = setup(tmp_path, sink, n=3)
+    await dispatcher.deliver_due()
+    assert len(sink.sent) == 3
+    assert [row[:2] for row in outbox(store)] == [("done", 1)] * 3
+
+
+async def test_retry_with_backoff_then_success(tmp_path: Path) -> None:
+    sink = ScriptedSink("crm", [RetryableError("503")])
+    store, dispatcher, clock = setup(tmp_path, sink)
+    await dispatcher.deliver_due()
+    state, attempts, next_at, error = outbox(store)[0]
+    assert (state, attempts, error) == ("pending", 1, "503")
+    assert clock.now.timestamp() + 0.5 <= next_at <= clock.now.timestamp() + 1.0
+    await dispatcher.deliver_due()
+    assert sink.sent == []  # not due yet
+    clock.now = datetime.fromtimestamp(next_at + 0.001, UTC)
+    await dispatcher.deliver_due()
+    assert len(sink.sent) == 1 and outbox(store)[0][:2] == ("done", 2)
+
+
+async def test_retry_after_is_honoured(tmp_path: Path) -> None:
+    sink = ScriptedSink("crm", [RetryableError("429", retry_after=120)])
+    store, dispatcher, clock = setup(tmp_path, sink)
+    await dispatcher.deliver_due()
+    assert outbox(store)[0][2] == clock.now.timestamp() + 120
+
+
+async def test_permanent_error_goes_to_dead_letters(tmp_path: Path) -> None:
+    sink = ScriptedSink("crm", [PermanentError("410 gone")])
+    store, dispatcher, _ = setup(tmp_path, sink)
+    await dispatcher.deliver_due()
+    assert outbox(store)[0][0] == "dead"
+    assert outbox(store)[0][3] == "permanent: 410 gone"
+    assert store.sink_counts()["crm"].dead == 1
+
+
+async def test_exhausted_attempts_go_to_dead_letters(tmp_path: Path) -> None:
+    sink = ScriptedSink("crm", [RetryableError("503")] * 5)
+    store, dispatcher, clock = setup(tmp_path, sink)
+    for _ in range(3):
+        clock.now = datetime.fromtimestamp(outbox(store)[0][2] + 0.001, UTC)
+        await dispatcher.deliver_due()
+    assert outbox(store)[0][:2] == ("dead", 3)
+    assert outbox(store)[0][3] == "gave up after 3 attempts: 503"
+
+
+async def test_a_sink_bug_is_retried_not_lost(tmp_path: Path) -> None:
+    sink = ScriptedSink("crm", [ZeroDivisionError("oops")])
+    store, dispatcher, _ = setup(tmp_path, sink)
+    await dispatcher.deliver_due()
+    assert outbox(store)[0][0] == "pending"
+    assert "ZeroDivisionError" in (outbox(store)[0][3] or "")
+
+
+def test_backoff_grows_and_is_bounded(tmp_path: Path) -> None:
+    _, dispatcher, _ = setup(tmp_path, ScriptedSink("crm"))
+    for attempt, step in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (10, 8.0)]:
+        for _ in range(20):
+            assert step / 2 <= dispatcher.backoff(attempt, None) <= step
+    assert dispatcher.backoff(1, 300) == 300
+
+
+async def test_digest_batches_go_out_as_one_message(tmp_path: Path) -> None:
+    sink = ScriptedSink("slack")
+    store, dispatcher, _ = setup(tmp_path, sink, n=4, batches=("slack",))
+    await dispatcher.deliver_due()
+    assert len(sink.digests) == 1 and len(sink.digests[0]) == 4
+    assert [row[0] for row in outbox(store)] == ["done"] * 4
+
+
+async def test_shutdown_drains_within_grace_and_keeps_the_rest(tmp_path: Path) -> None:
+    sink = ScriptedSink("crm", delay=30)
+    store, dispatcher, _ = setup(tmp_path, sink, shutdown_grace=0.2)
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop))
+    await until(lambda: dispatcher._tasks, what="delivery in flight")
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert outbox(store)[0][:2] == ("pending", 0)  # cancelled: not an attempt, still pending
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+async def test_run_loop_delivers_everything(tmp_path: Path, concurrency: int) -> None:
+    sink = ScriptedSink("crm", delay=0.01)
+    _, dispatcher, _ = setup(tmp_path, sink, n=20, concurrency=concurrency)
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop))
+    await until(lambda: len(sink.sent) == 20, what="20 deliveries")
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert len({d.id for d in sink.sent}) == 20

@@ -1,0 +1,217 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, time, timedelta, timezone
+from pathlib import Path
+
+import aiohttp
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from notifier.api import LeadListClient, make_throttler
+from notifier.config import ChatbotConfig
+from notifier.exceptions import ApiError
+from notifier.leads import to_micros
+from notifier.poller import ChatbotPoller, request_window
+from notifier.simulator import Simulator
+from notifier.sinks.console import ConsoleConfig
+from notifier.store import Store
+
+from .conftest import API_KEY, SERIAL_A
+
+
+@given(
+    now=st.datetimes(min_value=datetime(2001, 1, 1), max_value=datetime(2090, 1, 1), timezones=st.just(UTC)),
+    lookback=st.integers(1, 30),
+    offset_quarters=st.integers(-12 * 4, 14 * 4),
+    inclusive=st.booleans(),
+    back=st.floats(0, 1),
+)
+def test_window_holds_every_recent_instant_under_every_reading(
+        now: datetime, lookback: int, offset_quarters: int, inclusive: bool, back: float) -> None:
+    window = request_window(now, lookback)
+    server_tz = timezone(timedelta(minutes=15 * offset_quarters))
+    instant = now - timedelta(days=lookback) * back  # anywhere from now back to the lookback
+    local = instant.astimezone(server_tz).date()
+    assert window.start <= local
+    assert local <= window.end if inclusive else local < window.end
+    # nothing the server can return under any reading lies before the horizon
+    earliest = datetime.combine(window.start, time(0), server_tz)
+    assert to_micros(earliest) >= window.horizon_us
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+NOW = datetime.now(UTC).replace(microsecond=123456)
+
+
+@pytest.fixture
+async def env(simulator: tuple[Simulator, str], tmp_path: Path) -> AsyncIterator[dict[str, object]]:
+    sim, url = simulator
+    store = Store(tmp_path / "state.db")
+    async with aiohttp.ClientSession() as http:
+        client = LeadListClient(http, url, timeout=2, throttler=make_throttler(1000), max_response_bytes=10**7,
+                                user_agent="t")
+        yield {"sim": sim, "store": store, "client": client}
+    store.close()
+
+
+def make_poller(env: dict[str, object], first_run: str = "baseline", lookback: int = 2,
+                sinks: dict[str, ConsoleConfig] | None = None, clock: Clock | None = None) -> ChatbotPoller:
+    sinks = sinks or {"all": ConsoleConfig(name="all", type="console")}
+    bot = ChatbotConfig(name="alpha", serial_number=SERIAL_A, interval=1, lookback_days=lookback,
+                        first_run=first_run, api_key=API_KEY, sinks=tuple(sinks))  # type: ignore[arg-type]
+    return ChatbotPoller(chatbot=bot, client=env["client"], store=env["store"], sinks=sinks,  # type: ignore[arg-type]
+                         clock=clock or Clock(NOW))
+
+
+def queued_sessions(store: Store) -> list[int]:
+    return sorted(d.lead.key.session_id for d in store.due(NOW.timestamp() + 1e6, ["all", "appts"], 10_000))
+
+
+async def test_baseline_then_only_new_leads(env: dict[str, object]) -> None:
+    sim, store = env["sim"], env["store"]
+    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    for hours in (40, 10, 1):
+        sim.add_lead(SERIAL_A, created=NOW - timedelta(hours=hours))
+    poller = make_poller(env)
+    first = await poller.poll_once()
+    assert (first.new, first.baselined, first.queued) == (0, 3, 0)
+    for _ in range(5):  # the simulator re-spells times and numbers and repeats records every answer
+        assert (await poller.poll_once()).queued == 0
+    fresh = sim.add_lead(SERIAL_A, created=NOW)
+    result = await poller.poll_once()
+    assert (result.new, result.queued) == (1, 1)
+    assert queued_sessions(store) == [fresh["SessionID"]]
+
+
+async def test_chatbot_without_leads_is_baselined_too(env: dict[str, object]) -> None:
+    sim, store = env["sim"], env["store"]
+    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    poller = make_poller(env)
+    await poller.poll_once()
+    assert store.coverage(SERIAL_A) is not None
+    first = sim.add_lead(SERIAL_A, created=NOW)
+    await poller.poll_once()
+    assert queued_sessions(store) == [first["SessionID"]]
+
+
+async def test_first_run_notify_sends_the_window(env: dict[str, object]) -> None:
+    sim, store = env["sim"], env["store"]
+    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    a = sim.add_lead(SERIAL_A, created=NOW - timedelta(days=1))
+    b = sim.add_lead(SERIAL_A, created=NOW)
+    sim.add_lead(SERIAL_A, created=NOW - timedelta(days=30))  # far outside the window
+    await make_poller(env, first_run="notify").poll_once()
+    assert queued_sessions(store) == sorted([a["SessionID"], b["SessionID"]])
+
+
+async def test_a_lead_that_appears_late_is_still_new(env: dict[str, object]) -> None:
+    sim, store = env["sim"], env["store"]
+    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    poller = make_poller(env)
+    await poller.poll_once()
+    late = sim.add_lead(SERIAL_A, created=NOW - timedelta(days=1, hours=20))  # written late by the backend
+    await poller.poll_once()
+    assert queued_sessions(store) == [late["SessionID"]]
+
+
+@pytest.mark.parametrize(("hours", "inclusive"), [(-12, True), (-12, False), (14, True), (14, False), (0, False)])
+async def test_any_server_timezone_or_end_reading_finds_a_lead_created_now(
+        env: dict[str, object], hours: int, inclusive: bool) -> None:
+    sim, store = env["sim"], env["store"]
+    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    sim.server_tz = timezone(timedelta(hours=hours))
+    sim.end_inclusive = inclusive
+    poller = make_poller(env)
+    await poller.poll_once()
+    for minutes in (0, 1, 2):
+        sim.add_lead(SERIAL_A, created=NOW - timedelta(minutes=minutes))
+    await poller.poll_once()
+    assert len(queued_sessions(store)) == 3
+
+
+async def test_longer_lookback_baselines_the_unwatched_part(env: dict[str, object]) -> None:
+    sim, store = env["sim"], env["store"]
+    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    old = sim.add_lead(SERIAL_A, created=NOW - timedelta(days=6))
+    await make_poller(env, lookback=2).poll_once()
+    assert (old["SessionID"], to_micros(old["CreateTime"])) not in store.seen_since(SERIAL_A, 0)
+    result = await make_poller(env, lookback=10).poll_once()
+    assert (result.new, result.baselined) == (0, 1)
+    assert queued_sessions(store) == []
+
+
+async def test_keys_are_pruned_once_out_of_every_window(env: dict[str, object]) -> None:
+    sim, store = env["sim"], env["store"]
+    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    sim.add_lead(SERIAL_A, created=NOW - timedelta(hours=1))
+    clock = Clock(NOW)
+    poller = make_poller(env, clock=clock)
+    await poller.poll_once()
+    assert store.lead_count(SERIAL_A) == 1
+    clock.now = NOW + timedelta(days=6)
+    sim.add_lead(SERIAL_A, created=clock.now)  # the answer changes, so the poll does work
+    await poller.poll_once()  # records the new lead
+    await poller.poll_once()  # nothing new: prunes
+    assert store.lead_count(SERIAL_A) == 1
+    sim.ignore_dates = True  # a server that ignores startTime sends the pruned record again
+    result = await poller.poll_once()
+    assert result.records == 2 and result.new == 0
+    assert len(queued_sessions(store)) == 1
+
+
+async def test_routing_by_type(env: dict[str, object]) -> None:
+    sim, store = env["sim"], env["store"]
+    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    sinks = {"all": ConsoleConfig(name="all", type="console"),
+             "appts": ConsoleConfig(name="appts", type="console", types=frozenset({"Appointment"}))}
+    poller = make_poller(env, sinks=sinks)
+    await poller.poll_once()
+    sim.add_lead(SERIAL_A, type="Lead", created=NOW)
+    sim.add_lead(SERIAL_A, type="Appointment", created=NOW)
+    await poller.poll_once()
+    due = store.due(NOW.timestamp() + 10, ["all", "appts"], 10)
+    assert sorted((d.sink, d.lead.type) for d in due) == [
+        ("all", "Appointment"), ("all", "Lead"), ("appts", "Appointment")]
+
+
+async def test_api_failure_changes_nothing(env: dict[str, object]) -> None:
+    sim, store = env["sim"], env["store"]
+    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    poller = make_poller(env)
+    sim.fail(envelope={"Success": False, "Code": 401, "Message": "Invalid secret key"})
+    with pytest.raises(ApiError, match="Invalid secret key"):
+        await poller.poll_once()
+    assert store.coverage(SERIAL_A) is None
+    assert store.lead_count() == 0
+
+
+async def test_malformed_records_beside_good_ones(env: dict[str, object]) -> None:
+    sim, store = env["sim"], env["store"]
+    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    poller = make_poller(env)
+    await poller.poll_once()
+    good = sim.add_lead(SERIAL_A, created=NOW)
+    sim.fail(extra_records=[{"Type": "Lead"}, None, {"SessionID": 1, "CreateTime": "soon", "Type": "Lead"}])
+    result = await poller.poll_once()
+    assert (result.new, result.skipped) == (1, 3)
+    assert queued_sessions(store) == [good["SessionID"]]
+
+
+async def test_poll_status_tracks_failures(env: dict[str, object]) -> None:
+    sim = env["sim"]
+    assert isinstance(sim, Simulator)
+    poller = make_poller(env)
+    sim.fail(status=502, body=b"<html>Bad Gateway</html>")
+    assert await poller.poll_logged() is False
+    assert poller.status.failures == 1 and "Bad Gateway" in (poller.status.last_error or "")
+    assert await poller.poll_logged() is True
+    assert poller.status.failures == 0 and poller.status.last_success is not None
