@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", parents=[common], help="see it work: simulator + console, no config")
     demo.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
     demo.add_argument("--every", type=float, default=3.0, metavar="SECONDS", help="a new lead this often")
+    test_sink = sub.add_parser("test-sink", parents=[common], help="send one sample lead through a sink")
+    test_sink.add_argument("name", help="the sink's name, as in [sinks.NAME]")
     sim = sub.add_parser("simulate", parents=[common], help="serve the built-in API simulator")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8765)
@@ -80,6 +82,9 @@ async def _dispatch(args: argparse.Namespace) -> int:
         for name in failed:
             print(f"smarterbot-notifier: poll failed for chatbot {name!r} (see the log above)", file=sys.stderr)
         return EXIT_FAILED if failed else EXIT_OK
+    if command == "test-sink":
+        from .sample import send_sample
+        return EXIT_OK if await send_sample(_load(args), args.name) else EXIT_FAILED
     if command == "demo":
         from .demo import run_demo
         return await run_demo(args.duration, args.every)

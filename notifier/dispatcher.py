@@ -32,6 +32,9 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._busy: set[int] = set()
+        self._per_sink: dict[str, int] = {}  # deliveries in flight per sink
+        self._ready_at: dict[str, float] = {}  # loop time a paced sink may send again
+        self._pace_wait: float | None = None  # a paced sink has due work after this many seconds
         self.delivered = 0
         self.failed = 0
 
@@ -49,24 +52,40 @@ class Dispatcher:
 
     # -- scheduling ---------------------------------------------------------------------
     def start_due(self) -> int:
-        """Start as many due deliveries as concurrency allows; returns how many started."""
-        free = self.config.concurrency - len(self._tasks)
-        if free <= 0 or not self.sinks:
-            return 0
+        """Start as many due deliveries as concurrency and pacing allow; returns how many started.
+        Each sink is asked separately, so a backlog on one paced sink never starves the others."""
+        loop = asyncio.get_running_loop()
         now = self.clock().timestamp()
         started = 0
-        for delivery in self.store.due(now, self.sinks, free + len(self._busy)):
-            if started == free:
+        self._pace_wait = None
+        for name, sink in self.sinks.items():
+            free = self.config.concurrency - len(self._tasks)
+            if free <= 0:
                 break
-            if delivery.id in self._busy:
-                continue
-            group = [delivery] if delivery.batch is None else self.store.batch(delivery.sink, delivery.batch)
-            group = [d for d in group if d.id not in self._busy] or [delivery]
-            self._busy.update(d.id for d in group)
-            task = asyncio.create_task(self._deliver(group), name=f"deliver-{delivery.id}")
-            self._tasks.add(task)
-            task.add_done_callback(self._finished)
-            started += 1
+            if sink.min_interval > 0:  # paced: one message at a time, min_interval apart
+                if self._per_sink.get(name):
+                    continue
+                wait = self._ready_at.get(name, 0.0) - loop.time()
+                if wait > 0:
+                    if self.store.due(now, [name], 1):
+                        self._pace_wait = wait if self._pace_wait is None else min(self._pace_wait, wait)
+                    continue
+                free = 1
+            for delivery in self.store.due(now, [name], free + len(self._busy)):
+                if free == 0:
+                    break
+                if delivery.id in self._busy:
+                    continue
+                group = [delivery] if delivery.batch is None else self.store.batch(name, delivery.batch)
+                group = [d for d in group if d.id not in self._busy] or [delivery]
+                self._busy.update(d.id for d in group)
+                self._per_sink[name] = self._per_sink.get(name, 0) + 1
+                self._ready_at[name] = loop.time() + sink.min_interval
+                task = asyncio.create_task(self._deliver(group), name=f"deliver-{delivery.id}")
+                self._tasks.add(task)
+                task.add_done_callback(self._finished)
+                started += 1
+                free -= 1
         return started
 
     def _finished(self, task: asyncio.Task[None]) -> None:
@@ -83,6 +102,8 @@ class Dispatcher:
                 now = self.clock().timestamp()
                 next_at = self.store.next_due(self.sinks, after=now)
                 timeout = IDLE_RECHECK if next_at is None else min(IDLE_RECHECK, max(0.0, next_at - now))
+                if self._pace_wait is not None:
+                    timeout = min(timeout, self._pace_wait)
                 waking = asyncio.ensure_future(self._wake.wait())
                 await asyncio.wait({stopping, waking}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 waking.cancel()
@@ -92,9 +113,14 @@ class Dispatcher:
 
     async def deliver_due(self) -> None:
         """Deliver everything due now, waiting for each to finish (the `once` command)."""
-        while self.start_due() or self._tasks:
+        while True:
+            started = self.start_due()
             if self._tasks:
                 await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+            elif self._pace_wait is not None:
+                await asyncio.sleep(self._pace_wait)
+            elif not started:
+                return
 
     async def drain(self, grace: float) -> None:
         """Let in-flight deliveries finish within `grace` seconds, then cancel the rest: they
@@ -137,6 +163,7 @@ class Dispatcher:
                      type=first.lead.type, attempt=attempt, leads=len(group))
         finally:
             self._busy.difference_update(ids)
+            self._per_sink[first.sink] -= 1
 
     def _record_failure(self, group: Sequence[Delivery], attempt: int, reason: str, *,
                         retryable: bool, retry_after: float | None = None) -> None:

@@ -132,7 +132,7 @@ class ChatbotPoller:
         if notify or silent or coverage is None or coverage > window.horizon_us:
             queued = self.store.record_poll(serial=serial, chatbot=chatbot.name,
                                             covered_from_us=window.horizon_us, detected_at=now,
-                                            notify=notify, silent=silent)
+                                            notify=notify, silent=silent, batches=self._digests(notify))
             if coverage is None:
                 log.info("chatbot baselined", chatbot=chatbot.name, existing=len(silent) + len(notify),
                          first_run=chatbot.first_run)
@@ -146,6 +146,21 @@ class ChatbotPoller:
         if queued:
             self.on_queued()
         return len(notify), len(silent), queued
+
+    def _digests(self, notify: list[tuple[Lead, tuple[str, ...]]]) -> set[str]:
+        """Sinks that get one summary for this poll: more new leads than their digest_after."""
+        counts: dict[str, int] = {}
+        for _, sinks in notify:
+            for sink in sinks:
+                counts[sink] = counts.get(sink, 0) + 1
+        digests = set()
+        for sink, count in counts.items():
+            limit = self.sinks[sink].digest_after
+            if limit is not None and count > limit:
+                digests.add(sink)
+                log.info("sending a digest instead of single messages", chatbot=self.chatbot.name, sink=sink,
+                         leads=count, digest_after=limit)
+        return digests
 
     def _warn_skipped(self, skipped: list[tuple[int, str]], naive: int) -> None:
         for index, reason in skipped:

@@ -131,9 +131,11 @@ class Table:
                 raise self.error(key, f"must be one of {', '.join(map(repr, options))}, not {value!r}")
         return value
 
-    def number(self, key: str, default: float, *, minimum: float | None = None,
+    def number(self, key: str, default: float | None, *, minimum: float | None = None,
                maximum: float | None = None, integer: bool = False) -> Any:
         value = self._get(key, default)
+        if key not in self.data:
+            return value
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(key, f"must be a number, not {_kind(value)}")
         if integer and not isinstance(value, int):

@@ -76,8 +76,11 @@ class Sink(Protocol):
     never sleeps for retries itself: the dispatcher owns retry, backoff and bookkeeping."""
 
     name: str
+    min_interval: float  # seconds between two messages (0: unpaced); the dispatcher paces
 
     async def send(self, delivery: Delivery) -> None: ...
+
+    def render(self, delivery: Delivery) -> str: ...
 
     async def send_digest(self, deliveries: Sequence[Delivery]) -> None: ...
 

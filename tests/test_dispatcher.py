@@ -28,8 +28,10 @@ class Clock:
 
 
 class ScriptedSink:
-    def __init__(self, name: str, outcomes: list[Exception | None] | None = None, delay: float = 0.0) -> None:
+    def __init__(self, name: str, outcomes: list[Exception | None] | None = None, delay: float = 0.0,
+                 min_interval: float = 0.0) -> None:
         self.name = name
+        self.min_interval = min_interval
         self.outcomes = outcomes or []
         self.delay = delay
         self.sent: list[Delivery] = []
@@ -45,6 +47,9 @@ class ScriptedSink:
 
     async def send_digest(self, deliveries: Sequence[Delivery]) -> None:
         self.digests.append(list(deliveries))
+
+    def render(self, delivery: Delivery) -> str:
+        return str(delivery.id)
 
     async def aclose(self) -> None:
         pass
@@ -159,3 +164,30 @@ async def test_run_loop_delivers_everything(tmp_path: Path, concurrency: int) ->
     stop.set()
     await asyncio.wait_for(task, 5)
     assert len({d.id for d in sink.sent}) == 20
+
+
+async def test_a_paced_sink_sends_one_at_a_time_and_does_not_starve_others(tmp_path: Path) -> None:
+    import time
+
+    slack = ScriptedSink("slack", min_interval=0.05)
+    store, dispatcher, clock = setup(tmp_path, slack, n=5)
+    crm = ScriptedSink("crm")
+    dispatcher.sinks["crm"] = crm
+    leads = parse_records("serial", [{"Type": "Lead", "SessionID": 100 + i, "CreateTime": "2025-03-01T10:00:00Z"}
+                                     for i in range(5)]).leads
+    store.record_poll(serial="serial", chatbot="bot", covered_from_us=0, detected_at=clock.now,
+                      notify=[(lead, ("crm",)) for lead in leads], silent=[])
+    times: list[float] = []
+    original = slack.send
+
+    async def timed(delivery: Delivery) -> None:
+        times.append(time.monotonic())
+        await original(delivery)
+
+    slack.send = timed  # type: ignore[method-assign]
+    dispatcher.start_due()
+    assert len(dispatcher._tasks) == 1 + 5  # one Slack message, every webhook delivery
+    await dispatcher.deliver_due()
+    assert len(slack.sent) == 5 and len(crm.sent) == 5
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert min(gaps) >= 0.045

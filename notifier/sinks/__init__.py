@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from .base import SinkConfig, SinkContext
 from .console import ConsoleConfig, ConsoleSink
+from .email import EmailConfig, EmailSink
+from .slack import SlackConfig, SlackSink
 from .webhook import WebhookConfig, WebhookSink
 
 if TYPE_CHECKING:
@@ -25,6 +27,8 @@ class SinkType:
 SINK_TYPES: dict[str, SinkType] = {
     "webhook": SinkType(WebhookConfig.from_table, WebhookSink, human=False),
     "console": SinkType(ConsoleConfig.from_table, ConsoleSink, human=True),
+    "slack": SinkType(SlackConfig.from_table, SlackSink, human=True),
+    "email": SinkType(EmailConfig.from_table, EmailSink, human=True),
 }
 
 

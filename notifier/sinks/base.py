@@ -27,6 +27,7 @@ class SinkConfig:
     name: str
     type: str
     types: frozenset[LeadType] = frozenset(LEAD_TYPES)
+    digest_after: int | None = None  # more new leads than this in one poll: one summary message
 
     def accepts(self, lead_type: str) -> bool:
         return lead_type in self.types
@@ -39,6 +40,12 @@ class SinkConfig:
             "type": table.text("type"),
             "types": frozenset(table.text_list("types", LEAD_TYPES, choices=LEAD_TYPES)),
         }
+
+    @staticmethod
+    def digest_setting(table: Table) -> int | None:
+        """`digest_after`, for the sinks people read."""
+        value: int | None = table.number("digest_after", None, minimum=1, maximum=100_000, integer=True)
+        return value
 
 
 @dataclass(frozen=True)
@@ -55,9 +62,14 @@ class SinkBase:
     """Default behaviour: a digest is sent as its individual messages, closing is a no-op."""
 
     name: str
+    min_interval: float = 0.0  # seconds between two messages; the dispatcher paces by it
 
     async def send(self, delivery: Delivery) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def render(self, delivery: Delivery) -> str:
+        """What `send` would transmit, for `test-sink` to show."""
+        return repr(delivery)
 
     async def send_digest(self, deliveries: Sequence[Delivery]) -> None:
         for delivery in deliveries:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -45,7 +46,15 @@ class ConsoleSink(SinkBase):
         self.config = config
         self.stream = context.stdout or sys.stdout
 
+    def render(self, delivery: Delivery) -> str:
+        return render_json(delivery) if self.config.format == "json" else render_text(delivery)
+
     async def send(self, delivery: Delivery) -> None:
-        line = render_json(delivery) if self.config.format == "json" else render_text(delivery)
-        self.stream.write(line + "\n")
+        self.stream.write(self.render(delivery) + "\n")
+        self.stream.flush()
+
+    async def send_digest(self, deliveries: Sequence[Delivery]) -> None:
+        """A summary line, then one line per lead: a terminal has room, but says it was a burst."""
+        lines = [f"# {len(deliveries)} new leads in one poll"] + [self.render(d) for d in deliveries]
+        self.stream.write("\n".join(lines) + "\n")
         self.stream.flush()

@@ -106,6 +106,9 @@ class WebhookSink(SinkBase):
         self.context = context
         self._where = public_url(config.url)
 
+    def render(self, delivery: Delivery) -> str:
+        return json.dumps(webhook_payload(delivery), ensure_ascii=False, indent=2)
+
     async def send(self, delivery: Delivery) -> None:
         body = webhook_body(delivery)
         timestamp = int(self.context.clock().timestamp())

@@ -1,0 +1,171 @@
+"""Email through aiosmtplib: one readable multipart message per lead (text and HTML), Reply-To
+set to the lead so a salesperson answers with one click. Envelope recipients are always the
+configured ones, and no lead text can reach a header with a line break in it."""
+
+from __future__ import annotations
+
+import html
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import tzinfo
+from email.message import EmailMessage
+from email.utils import format_datetime, parseaddr
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import aiosmtplib
+import structlog
+
+from ..exceptions import PermanentError, RetryableError
+from ..types import Delivery
+from .base import SinkBase, SinkConfig, SinkContext, safe_text
+from .render import label, load_timezone, local_time, one_line, plain, valid_email
+
+if TYPE_CHECKING:
+    from ..tomlsource import Table
+
+Security = Literal["starttls", "tls", "none"]
+DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
+CONTENT_LIMIT = 50_000
+log = structlog.get_logger("notifier.sinks.email")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmailConfig(SinkConfig):
+    host: str
+    port: int
+    security: Security = "starttls"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sender: str
+    to: tuple[str, ...]
+    subject: str = "[SmarterBot]"
+    timezone: str = "UTC"
+    timeout: float = 30.0
+    ca_file: str | None = None
+
+    @classmethod
+    def from_table(cls, name: str, table: Table) -> EmailConfig:
+        security = table.text("security", "starttls", choices=("starttls", "tls", "none"))
+        username = table.text("username", None)
+        password = table.secret("password")
+        if (username is None) != (password is None):
+            raise table.error("password" if username else "username",
+                              "username and password (or password_file) go together")
+        sender = table.text("from")
+        if not valid_email(parseaddr(sender)[1]) or any(c in sender for c in "\r\n"):
+            raise table.error("from", f"{sender!r} is not an email address")
+        to = table.text_list("to")
+        for address in to:
+            if not valid_email(address):
+                raise table.error("to", f"{address!r} is not an email address")
+        zone = table.text("timezone", "UTC")
+        try:
+            load_timezone(zone)
+        except ValueError as exc:
+            raise table.error("timezone", str(exc)) from None
+        ca_file = table.text("ca_file", None)
+        if ca_file is not None and not Path(ca_file).is_file():
+            raise table.error("ca_file", f"{ca_file} is not a readable file")
+        return cls(**cls.common(name, table), host=table.text("host"),
+                   port=table.number("port", DEFAULT_PORTS[security], minimum=1, maximum=65535, integer=True),
+                   security=security, username=username, password=password, sender=sender, to=to,
+                   subject=one_line(table.text("subject", "[SmarterBot]", allow_empty=True), 100),
+                   timezone=zone, timeout=table.number("timeout", 30.0, minimum=1, maximum=600), ca_file=ca_file,
+                   digest_after=cls.digest_setting(table))
+
+
+def _lead_lines(delivery: Delivery, zone: tzinfo) -> list[tuple[str, str]]:
+    lead = delivery.lead
+    return [("Type", lead.type), ("Name", one_line(lead.name, 300)), ("Email", one_line(lead.email, 300)),
+            ("Phone", one_line(lead.phone, 100)), ("Page", one_line(lead.uri, 500)),
+            ("Chatbot", one_line(delivery.chatbot, 200)), ("Created", local_time(delivery, zone)),
+            ("SessionID", str(lead.key.session_id))]
+
+
+def build_message(config: EmailConfig, deliveries: Sequence[Delivery], zone: tzinfo,
+                  now_header: str) -> EmailMessage:
+    """One lead, or a digest of several. Every header value is one sanitized line."""
+    message = EmailMessage()
+    message["From"] = config.sender
+    message["To"] = ", ".join(config.to)
+    message["Date"] = now_header
+    first = deliveries[0]
+    domain = parseaddr(config.sender)[1].rpartition("@")[2] or "smarterbot-notifier"
+    if len(deliveries) == 1:
+        lead = first.lead
+        who = one_line(lead.name, 80) or one_line(lead.email, 80) or "someone"
+        subject = f"{label(first)}: {who} via {one_line(first.chatbot, 60)}"
+        message["Message-ID"] = f"<{first.webhook_id}@{domain}>"  # the same on every retry
+        if valid_email(lead.email):
+            message["Reply-To"] = lead.email
+        rows = _lead_lines(first, zone)
+        content = plain(lead.content, CONTENT_LIMIT)
+        text = "\n".join(f"{k}: {v}" for k, v in rows) + f"\n\nMessage:\n{content}\n"
+        body = "".join(f"<tr><th align='left'>{k}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+        html_body = (f"<html><body><h2>{html.escape(label(first))}</h2><table>{body}</table>"
+                     f"<h3>Message</h3><pre style='white-space:pre-wrap'>{html.escape(content)}</pre></body></html>")
+    else:
+        subject = f"{len(deliveries)} new leads and appointments"
+        items = [" · ".join(v for _, v in _lead_lines(d, zone)[:4]) for d in deliveries]
+        text = subject + ":\n\n" + "\n".join(f"- {item}" for item in items) + "\n"
+        html_body = (f"<html><body><h2>{html.escape(subject)}</h2><ul>"
+                     + "".join(f"<li>{html.escape(item)}</li>" for item in items) + "</ul></body></html>")
+    message["Subject"] = f"{config.subject} {subject}".strip()
+    message.set_content(text)
+    message.add_alternative(html_body, subtype="html")
+    return message
+
+
+class EmailSink(SinkBase):
+    def __init__(self, config: EmailConfig, context: SinkContext) -> None:
+        self.name = config.name
+        self.config = config
+        self.clock = context.clock
+        self.zone = load_timezone(config.timezone)
+        self._tls: ssl.SSLContext | None = None
+        if config.ca_file:
+            self._tls = ssl.create_default_context(cafile=config.ca_file)
+
+    def message(self, deliveries: Sequence[Delivery]) -> EmailMessage:
+        return build_message(self.config, deliveries, self.zone, format_datetime(self.clock()))
+
+    def render(self, delivery: Delivery) -> str:
+        return self.message([delivery]).as_string()
+
+    async def send(self, delivery: Delivery) -> None:
+        await self._send(self.message([delivery]))
+
+    async def send_digest(self, deliveries: Sequence[Delivery]) -> None:
+        await self._send(self.message(deliveries))
+
+    async def _send(self, message: EmailMessage) -> None:
+        config = self.config
+        where = f"SMTP {config.host}:{config.port}"
+        try:
+            errors, _ = await aiosmtplib.send(
+                message, sender=parseaddr(config.sender)[1], recipients=list(config.to),
+                hostname=config.host, port=config.port, username=config.username, password=config.password,
+                use_tls=config.security == "tls", start_tls=config.security == "starttls",
+                validate_certs=True, tls_context=self._tls, timeout=config.timeout)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [r.code for r in exc.recipients]
+            reason = f"{where} refused every recipient: " + "; ".join(
+                f"{r.recipient}: {r.code} {safe_text(r.message, 100)}" for r in exc.recipients)
+            if all(500 <= c < 600 for c in codes):
+                raise PermanentError(reason, status=codes[0]) from None
+            raise RetryableError(reason, status=codes[0] if codes else None) from None
+        except aiosmtplib.SMTPResponseException as exc:
+            reason = f"{where} answered {exc.code}: {safe_text(exc.message, 200)}"
+            if 500 <= exc.code < 600:
+                raise PermanentError(reason, status=exc.code) from None
+            raise RetryableError(reason, status=exc.code) from None
+        except aiosmtplib.SMTPNotSupported as exc:
+            raise PermanentError(f"{where}: {safe_text(str(exc))} (check security)") from None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise RetryableError(f"{where}: {type(exc).__name__}: {safe_text(str(exc))}") from None
+        if errors:  # some recipients took it: retrying would send them a duplicate
+            log.warning(
+                "some recipients refused the mail", sink=self.name,
+                refused={k: f"{v.code} {safe_text(v.message, 100)}" for k, v in errors.items()})

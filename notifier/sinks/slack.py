@@ -1,0 +1,204 @@
+"""Slack, through slack-sdk's async clients: an incoming webhook or a bot token. The outbox owns
+retries, so the clients get no retry handlers of their own and a quiet logger (slack-sdk logs URLs
+and bodies at DEBUG, and both the webhook URL and the token are secrets)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import tzinfo
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.webhook.async_client import AsyncWebhookClient
+
+from ..exceptions import PermanentError, RetryableError
+from ..types import Delivery
+from .base import SinkBase, SinkConfig, SinkContext, parse_retry_after, safe_text
+from .render import label, load_timezone, local_time, mrkdwn, valid_email
+
+if TYPE_CHECKING:
+    from ..tomlsource import Table
+
+TEXT_LIMIT = 3000  # Slack's limit for one text object
+FIELD_LIMIT = 2000
+SLACK_API = "https://slack.com/api/"
+_quiet = logging.getLogger("notifier.sinks.slack.sdk")
+_quiet.setLevel(logging.ERROR)
+_RETRYABLE = {"ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable",
+              "request_timeout", "team_added_to_org"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlackConfig(SinkConfig):
+    webhook_url: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    channel: str | None = None
+    base_url: str = SLACK_API
+    timezone: str = "UTC"
+    timeout: float = 10.0
+    min_interval: float = 1.0  # Slack allows about one message per second per channel
+
+    @classmethod
+    def from_table(cls, name: str, table: Table) -> SlackConfig:
+        from .webhook import check_http_url
+
+        webhook_url = table.secret("webhook_url")
+        token = table.secret("token")
+        channel = table.text("channel", None)
+        base_url = table.text("base_url", SLACK_API)
+        if (webhook_url is None) == (token is None):
+            raise table.error("webhook_url", "set either webhook_url (incoming webhook) or token + channel")
+        if webhook_url is not None:
+            check_http_url(table, "webhook_url", webhook_url)
+            for key, value in (("channel", channel), ("base_url", table.raw("base_url"))):
+                if value is not None:
+                    raise table.error(key, "only applies with token (an incoming webhook posts to its own channel)")
+        if token is not None and not channel:
+            raise table.error("channel", "is required with token (a channel ID such as C0123456789, or #name)")
+        check_http_url(table, "base_url", base_url)
+        zone = table.text("timezone", "UTC")
+        try:
+            load_timezone(zone)
+        except ValueError as exc:
+            raise table.error("timezone", str(exc)) from None
+        return cls(**cls.common(name, table), webhook_url=webhook_url, token=token, channel=channel,
+                   base_url=base_url.rstrip("/") + "/", timezone=zone,
+                   timeout=table.number("timeout", 10.0, minimum=0.1, maximum=300),
+                   min_interval=table.number("min_interval", 1.0, minimum=0, maximum=60),
+                   digest_after=cls.digest_setting(table))
+
+
+def lead_blocks(delivery: Delivery, zone: tzinfo) -> tuple[str, list[dict[str, Any]]]:
+    """The fallback text and the Block Kit message for one lead."""
+    lead = delivery.lead
+    email = (f"<mailto:{lead.email}|{mrkdwn(lead.email, 200)}>" if valid_email(lead.email)
+             else mrkdwn(lead.email, 200) or "—")
+    fields = [("Name", mrkdwn(lead.name, 300) or "—"), ("Email", email),
+              ("Phone", mrkdwn(lead.phone, 100) or "—"), ("Chatbot", mrkdwn(delivery.chatbot, 200)),
+              ("Created", local_time(delivery, zone)), ("Page", mrkdwn(lead.uri, 500) or "—")]
+    content = mrkdwn(lead.content, TEXT_LIMIT - 20) or "_(no message)_"
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": label(delivery), "emoji": False}},
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"[:FIELD_LIMIT]} for k, v in fields]},
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*Message*\n{content}"}},
+        {"type": "context", "elements": [{"type": "mrkdwn",
+                                          "text": f"SessionID {lead.key.session_id} · {delivery.webhook_id}"}]},
+    ]
+    fallback = (f"{label(delivery)} from {mrkdwn(lead.name, 200) or 'someone'} "
+                f"({mrkdwn(lead.email, 200) or 'no email'}) via {mrkdwn(delivery.chatbot, 200)}")
+    return fallback[:TEXT_LIMIT], blocks
+
+
+def digest_blocks(deliveries: Sequence[Delivery], zone: tzinfo) -> tuple[str, list[dict[str, Any]]]:
+    """One message listing many leads: at most 45 sections of at most 3,000 characters."""
+    chatbots = sorted({d.chatbot for d in deliveries})
+    title = f"{len(deliveries)} new leads and appointments"
+    lines = [f"• *{d.lead.type}* {mrkdwn(d.lead.name, 80) or '—'} · {mrkdwn(d.lead.email, 80) or '—'} · "
+             f"{mrkdwn(d.chatbot, 60)} · {local_time(d, zone)}" for d in deliveries]
+    sections: list[str] = []
+    current = ""
+    shown = 0
+    for line in lines:
+        if len(current) + len(line) + 1 > TEXT_LIMIT:
+            if len(sections) == 44:
+                break
+            sections.append(current)
+            current = ""
+        current += line + "\n"
+        shown += 1
+    sections.append(current + (f"…and {len(lines) - shown} more" if shown < len(lines) else ""))
+    blocks: list[dict[str, Any]] = [{"type": "header", "text": {"type": "plain_text", "text": title}}]
+    blocks += [{"type": "section", "text": {"type": "mrkdwn", "text": s}} for s in sections if s.strip()]
+    fallback = f"{title} via {mrkdwn(', '.join(chatbots), 500)}"
+    return fallback[:TEXT_LIMIT], blocks
+
+
+class SlackSink(SinkBase):
+    def __init__(self, config: SlackConfig, context: SinkContext) -> None:
+        self.name = config.name
+        self.config = config
+        self.min_interval = config.min_interval
+        self.clock = context.clock
+        self.zone = load_timezone(config.timezone)
+        self._webhook = self._web = None
+        if config.webhook_url:
+            self._webhook = AsyncWebhookClient(config.webhook_url, timeout=int(max(1, config.timeout)),
+                                               session=context.http, retry_handlers=[], logger=_quiet)
+        else:
+            self._web = AsyncWebClient(token=config.token, base_url=config.base_url,
+                                       timeout=int(max(1, config.timeout)), session=context.http,
+                                       retry_handlers=[], logger=_quiet, user_agent_prefix=context.user_agent)
+
+    def render(self, delivery: Delivery) -> str:
+        text, blocks = lead_blocks(delivery, self.zone)
+        return json.dumps({"text": text, "blocks": blocks}, ensure_ascii=False, indent=2)
+
+    async def send(self, delivery: Delivery) -> None:
+        await self._post(*lead_blocks(delivery, self.zone))
+
+    async def send_digest(self, deliveries: Sequence[Delivery]) -> None:
+        await self._post(*digest_blocks(deliveries, self.zone))
+
+    async def _post(self, text: str, blocks: list[dict[str, Any]]) -> None:
+        """Never `link_names` or `parse=full`: lead text must not become mentions or links."""
+        try:
+            if self._webhook is not None:
+                response = await self._webhook.send(text=text, blocks=blocks, unfurl_links=False, unfurl_media=False)
+                self._check_webhook(response.status_code, str(response.body), response.headers)
+            else:
+                assert self._web is not None
+                await self._web.chat_postMessage(channel=self.config.channel or "", text=text, blocks=blocks,
+                                                 unfurl_links=False, unfurl_media=False)
+        except SlackApiError as exc:
+            self._check_api(exc)
+        except TimeoutError:
+            raise RetryableError(f"Slack did not answer within {self.config.timeout:g}s") from None
+        except (aiohttp.ClientError, SlackClientError, OSError) as exc:
+            raise RetryableError(f"Slack unreachable: {type(exc).__name__}: {safe_text(str(exc))}") from None
+
+    def _check_webhook(self, status: int, body: str, headers: Any) -> None:
+        if status == 200:
+            return
+        reason = f"Slack webhook answered {status}: {safe_text(body, 200)}"
+        if status == 429 or status >= 500:
+            raise RetryableError(reason, status=status,
+                                 retry_after=parse_retry_after(_header(headers, "Retry-After"), self.clock()))
+        raise PermanentError(reason + _hint(body, status), status=status)
+
+    def _check_api(self, exc: SlackApiError) -> None:
+        response = exc.response
+        status = response.status_code
+        data = response.data if isinstance(response.data, dict) else {}
+        error = str(data.get("error") or "")
+        reason = f"Slack API answered {status}: {error or 'no error code'}"
+        if status == 429 or status >= 500 or error in _RETRYABLE:
+            raise RetryableError(reason, status=status,
+                                 retry_after=parse_retry_after(_header(response.headers, "Retry-After"), self.clock()))
+        raise PermanentError(reason + _hint(error, status), status=status)
+
+
+def _header(headers: Any, name: str) -> str | None:
+    if not headers:
+        return None
+    for key, value in dict(headers).items():
+        if key.lower() == name.lower():
+            return str(value[0] if isinstance(value, list) else value)
+    return None
+
+
+def _hint(error: str, status: int) -> str:
+    hints = {"invalid_auth": "the token is wrong or revoked", "not_authed": "no token was accepted",
+             "token_revoked": "the token was revoked", "channel_not_found": "check channel (use its ID)",
+             "not_in_channel": "invite the app to the channel", "is_archived": "the channel is archived",
+             "invalid_payload": "Slack rejected the message format", "no_service": "the webhook was removed",
+             "channel_is_archived": "the channel is archived", "missing_scope": "the app lacks chat:write"}
+    for code, hint in hints.items():
+        if code in error:
+            return f" ({hint})"
+    return {403: " (forbidden)", 404: " (the webhook URL does not exist)", 410: " (the webhook was removed)"}.get(
+        status, "")
