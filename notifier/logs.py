@@ -90,9 +90,13 @@ def configure(level: str = "info", fmt: LogFormat | None = None, stream: TextIO 
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(stream)
+    handler = logging.StreamHandler(stream)  # libraries' records: same format, same scrubbing
     handler.addFilter(_StdlibScrubFilter())
-    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, structlog.stdlib.add_log_level,
+                           structlog.processors.TimeStamper(fmt="iso", utc=True)],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, scrub_processor,
+                    _ScrubbingRenderer(renderer)]))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)

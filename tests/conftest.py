@@ -140,3 +140,105 @@ def write_config(tmp_path: Path, api_url: str, hook_url: str | None = None, *, e
     path = tmp_path / "config.toml"
     path.write_text(text)
     return path
+
+
+@dataclass
+class SlackStandIn:
+    """Slack's incoming-webhook and chat.postMessage endpoints, recording what arrived.
+    `responses` are (status, body, headers) served in order, then success."""
+
+    base: str = ""
+    webhook_url: str = ""
+    token: str = "xoxb-test-token-abcdef"
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    responses: list[tuple[int, Any, dict[str, str]]] = field(default_factory=list)
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        self.requests.append((await request.text(), dict(request.headers)))
+        if self.responses:
+            status, body, headers = self.responses.pop(0)
+            return web.Response(status=status, text=str(body), headers=headers)
+        self.messages.append(await request.json())
+        return web.Response(text="ok")
+
+    async def post_message(self, request: web.Request) -> web.Response:
+        self.requests.append((await request.text(), dict(request.headers)))
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return web.json_response({"ok": False, "error": "invalid_auth"})
+        if self.responses:
+            status, body, headers = self.responses.pop(0)
+            return web.json_response(body, status=status, headers=headers)
+        self.messages.append(await request.json())
+        return web.json_response({"ok": True, "channel": "C1", "ts": "1.2"})
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[SlackStandIn]:
+    stand_in = SlackStandIn()
+    app = web.Application()
+    app.router.add_post("/services/T000/B000/XXXX", stand_in.webhook)
+    app.router.add_post("/api/chat.postMessage", stand_in.post_message)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    stand_in.base = f"http://127.0.0.1:{port}/api/"
+    stand_in.webhook_url = f"http://127.0.0.1:{port}/services/T000/B000/XXXX"
+    yield stand_in
+    await runner.cleanup()
+
+
+@dataclass
+class Mailbox:
+    """An aiosmtpd handler: records envelopes, and answers with `replies` (code, text) when set."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    messages: list[Any] = field(default_factory=list)
+    rcpt_reply: str | None = None
+    data_reply: str | None = None
+    logins: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: Any) -> str:
+        if self.rcpt_reply:
+            return self.rcpt_reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.data_reply:
+            return self.data_reply
+        self.messages.append(envelope)
+        return "250 Message accepted"
+
+    def parsed(self, index: int = -1) -> Any:
+        import email
+        import email.policy
+
+        return email.message_from_bytes(self.messages[index].content, policy=email.policy.default)
+
+
+@pytest.fixture
+def mailbox() -> Any:
+    import socket
+
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult
+
+    box = Mailbox()
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+        box.logins.append((auth_data.login, auth_data.password))
+        return AuthResult(success=auth_data.password == b"smtp-password-xyz", handled=False)
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        box.port = probe.getsockname()[1]
+    controller = Controller(box, hostname="127.0.0.1", port=box.port, authenticator=authenticator,
+                            auth_require_tls=False)
+    controller.start()
+    yield box
+    controller.stop()

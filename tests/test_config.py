@@ -159,9 +159,19 @@ def test_config_path_precedence(tmp_path: Path) -> None:
 def test_example_config_is_valid_and_documents_every_option() -> None:
     root = Path(__file__).parent.parent
     text = (root / "config.example.toml").read_text()
-    config = parse_config(text, "config.example.toml", env={"SMARTERBOT_API_KEY": "k" * 8,
-                                                            "CRM_WEBHOOK_SECRET": WEBHOOK_SECRET})
+    config = parse_config(text, "config.example.toml", env={
+        "SMARTERBOT_API_KEY": "k" * 8, "CRM_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T/B/X", "SMTP_PASSWORD": "pw-123456"})
     assert config.chatbots
+    assert {s.type for s in config.sinks.values()} == {"webhook", "slack", "email", "console"}
+    # every option the code reads appears in the example, commented or not
+    import re
+
+    for module in ("config", "sinks/webhook", "sinks/slack", "sinks/email", "sinks/console", "sinks/base"):
+        source = (root / "notifier" / f"{module}.py").read_text()
+        for key in re.findall(r'\.(?:text|number|flag|text_list|text_map|secret|table|raw)\("([a-z_]+)"', source):
+            if key not in ("sinks", "chatbots"):
+                assert re.search(rf"\b{key}\b", text), f"config.example.toml does not mention {key}"
 
 
 toml_scalars = st.none() | st.booleans() | st.integers(-5, 100_000) | st.floats(-5, 1e6, allow_nan=False) | st.text(

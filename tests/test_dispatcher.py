@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -189,5 +190,5 @@ async def test_a_paced_sink_sends_one_at_a_time_and_does_not_starve_others(tmp_p
     assert len(dispatcher._tasks) == 1 + 5  # one Slack message, every webhook delivery
     await dispatcher.deliver_due()
     assert len(slack.sent) == 5 and len(crm.sent) == 5
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= 0.045

@@ -163,7 +163,12 @@ class EmailSink(SinkBase):
             raise RetryableError(reason, status=exc.code) from None
         except aiosmtplib.SMTPNotSupported as exc:
             raise PermanentError(f"{where}: {safe_text(str(exc))} (check security)") from None
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        except aiosmtplib.SMTPException as exc:
+            if "STARTTLS" in str(exc) and "not supported" in str(exc):  # never fall back to clear text
+                raise PermanentError(f"{where}: the server offers no STARTTLS; security = \"starttls\" "
+                                     "refuses to send in clear (use \"tls\", or \"none\" knowingly)") from None
+            raise RetryableError(f"{where}: {type(exc).__name__}: {safe_text(str(exc))}") from None
+        except (OSError, TimeoutError) as exc:
             raise RetryableError(f"{where}: {type(exc).__name__}: {safe_text(str(exc))}") from None
         if errors:  # some recipients took it: retrying would send them a duplicate
             log.warning(

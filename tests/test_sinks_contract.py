@@ -1,0 +1,140 @@
+"""The suite every sink must pass (Alertmanager's notify/ idea): delivers a hostile lead,
+maps failures to Retryable/Permanent, and leaks no secret into logs or errors at any level."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import pytest
+import structlog
+
+from notifier import logs
+from notifier.exceptions import DeliveryError, PermanentError, RetryableError
+from notifier.leads import parse_records
+from notifier.sinks import SinkContext
+from notifier.sinks.console import ConsoleConfig, ConsoleSink
+from notifier.sinks.email import EmailConfig, EmailSink
+from notifier.sinks.slack import SlackConfig, SlackSink
+from notifier.sinks.webhook import WebhookConfig, WebhookSink
+from notifier.types import Delivery, Sink
+
+from .conftest import WEBHOOK_SECRET, Mailbox, Receiver, SlackStandIn
+
+HOSTILE = {"Type": "Lead", "SessionID": 4242, "CreateTime": "2025-06-01T12:00:00.5-07:00",
+           "Name": "<!channel> Eve\r\nBcc: x@evil.example \x1b[2J", "Email": "eve@example.org\r\nX: y",
+           "PhoneNumber": "&<>\u202e", "Content": "@here <https://evil.example|bank>\n" + "A" * 100_000,
+           "URI": "javascript:alert(1)"}
+
+
+def hostile() -> Delivery:
+    lead = parse_records("serial", [HOSTILE]).leads[0]
+    return Delivery(id=1, sink="s", chatbot="bot\r\n<!here>", lead=lead, detected_at=datetime.now(UTC))
+
+
+@dataclass
+class Case:
+    sink: Sink
+    delivered: Callable[[], int]
+    fail: Callable[[str], None]  # "retryable" | "permanent": the next send fails that way
+    secrets: tuple[str, ...]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture(params=["webhook", "slack-webhook", "slack-token", "email", "console"])
+def case(request: pytest.FixtureRequest, http: aiohttp.ClientSession, receiver: Receiver, slack: SlackStandIn,
+         mailbox: Mailbox) -> Case:
+    context = SinkContext(http=http)
+    kind = request.param
+    if kind == "webhook":
+        url = receiver.url + "?token=url-token-secret"
+        sink: Sink = WebhookSink(WebhookConfig(name="s", type="webhook", url=url, secret=WEBHOOK_SECRET,
+                                               headers={"X-Token": "header-token-secret"}), context)
+
+        def fail_hook(how: str) -> None:
+            receiver.responses = [(503 if how == "retryable" else 410, {}, 0.0)]
+        return Case(sink, lambda: len(receiver.accepted), fail_hook,
+                    (WEBHOOK_SECRET, WEBHOOK_SECRET[6:], "header-token-secret", "url-token-secret"))
+    if kind.startswith("slack"):
+        if kind == "slack-webhook":
+            config = SlackConfig(name="s", type="slack", webhook_url=slack.webhook_url)
+            secrets: tuple[str, ...] = (slack.webhook_url, "/services/T000/B000/XXXX")
+        else:
+            config = SlackConfig(name="s", type="slack", token=slack.token, channel="C1", base_url=slack.base)
+            secrets = (slack.token,)
+
+        def fail_slack(how: str) -> None:
+            body: Any = {"ok": False, "error": "ratelimited" if how == "retryable" else "channel_not_found"}
+            status = 429 if how == "retryable" else (404 if kind == "slack-webhook" else 200)
+            slack.responses = [(status, body if kind == "slack-token" else "no_service", {"Retry-After": "1"})]
+        return Case(SlackSink(config, context), lambda: len(slack.messages), fail_slack, secrets)
+    if kind == "email":
+        email_config = EmailConfig(name="s", type="email", host=mailbox.host, port=mailbox.port, security="none",
+                                   username="user", password="smtp-password-xyz", sender="n@example.com",
+                                   to=("sales@example.com",))
+
+        def fail_mail(how: str) -> None:
+            mailbox.data_reply = "451 try later" if how == "retryable" else "554 no"
+        return Case(EmailSink(email_config, context), lambda: len(mailbox.messages), fail_mail, ("smtp-password-xyz",))
+    stream = io.StringIO()
+    console = ConsoleSink(ConsoleConfig(name="s", type="console"), SinkContext(http=http, stdout=stream))
+    return Case(console, lambda: stream.getvalue().count("\n"), lambda how: pytest.skip("console cannot fail"), ())
+
+
+async def test_delivers_a_hostile_lead(case: Case) -> None:
+    await case.sink.send(hostile())
+    assert case.delivered() == 1
+    await case.sink.send_digest([hostile(), hostile()])
+    assert case.delivered() >= 2
+
+
+@pytest.mark.parametrize(("how", "error"), [("retryable", RetryableError), ("permanent", PermanentError)])
+async def test_failures_say_whether_to_retry(case: Case, how: str, error: type[DeliveryError]) -> None:
+    case.fail(how)
+    with pytest.raises(error):
+        await case.sink.send(hostile())
+
+
+async def test_leaks_no_secret_at_debug(case: Case) -> None:
+    buffer = io.StringIO()
+    logs.configure("debug", "json", stream=buffer)
+    logs.register_secrets(case.secrets)
+    logging.getLogger().debug("root logger at debug")
+    log = structlog.get_logger("contract")
+    errors: list[str] = []
+    try:
+        await case.sink.send(hostile())
+        for how in ("retryable", "permanent"):
+            try:
+                case.fail(how)
+            except pytest.skip.Exception:
+                break
+            try:
+                await case.sink.send(hostile())
+            except DeliveryError as exc:
+                errors.append(str(exc))
+                log.warning("delivery failed", reason=exc.reason)
+        rendered = case.sink.render(hostile())
+    finally:
+        logs.configure("info", "json", stream=io.StringIO())
+    output = buffer.getvalue()
+    assert "root logger at debug" in output  # debug really was on
+    for secret in case.secrets:
+        assert secret not in output
+        for error in errors:
+            assert secret not in error
+        if secret not in ("/services/T000/B000/XXXX",):
+            assert secret not in rendered
+    for line in output.splitlines():
+        json.loads(line)  # every line still parses: scrubbing never breaks the format

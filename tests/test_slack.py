@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import aiohttp
+import pytest
+
+from notifier.exceptions import ConfigError, PermanentError, RetryableError
+from notifier.leads import parse_records
+from notifier.sinks.base import SinkContext
+from notifier.sinks.slack import SlackConfig, SlackSink
+from notifier.types import Delivery
+
+from .conftest import SlackStandIn
+
+HOSTILE = {
+    "Type": "Lead", "SessionID": 7, "CreateTime": "2025-06-01T12:00:00Z",
+    "Name": "<!channel> <!here|here> @everyone <@U123> <#C99> <!subteam^S1>",
+    "Email": "x@y.org|<https://evil.example|click>",
+    "PhoneNumber": "&amp; <tel:1>\r\n",
+    "Content": "Hi\r\n*bold* <https://evil.example|Your bank> & more @channel " + "z" * 10_000,
+    "URI": "<https://evil.example|https://shop.example.org>",
+}
+
+
+def delivery(record: dict[str, object] | None = None, chatbot: str = "sales") -> Delivery:
+    lead = parse_records("serial", [record or HOSTILE]).leads[0]
+    return Delivery(id=1, sink="slack", chatbot=chatbot, lead=lead, detected_at=datetime.now(UTC))
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def webhook_sink(http: aiohttp.ClientSession, slack: SlackStandIn, **kwargs: object) -> SlackSink:
+    config = SlackConfig(name="slack", type="slack", webhook_url=slack.webhook_url, **kwargs)  # type: ignore[arg-type]
+    return SlackSink(config, SinkContext(http=http))
+
+
+def token_sink(http: aiohttp.ClientSession, slack: SlackStandIn, **kwargs: object) -> SlackSink:
+    config = SlackConfig(name="slack", type="slack", token=slack.token, channel="C123",  # type: ignore[arg-type]
+                         base_url=slack.base, **kwargs)
+    return SlackSink(config, SinkContext(http=http))
+
+
+def all_text(message: dict[str, object]) -> list[str]:
+    """Every string Slack would interpret, from the fallback text and every block."""
+    found: list[str] = []
+
+    def walk(value: object) -> None:
+        if isinstance(value, dict):
+            if isinstance(value.get("text"), str):
+                found.append(value["text"])
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(message)
+    return found
+
+
+def assert_safe(message: dict[str, object]) -> None:
+    assert "link_names" not in message and message.get("parse") != "full"
+    for text in all_text(message):
+        assert len(text) <= 3000
+        # the only links are the ones we made: a mailto for a valid address (this one is not valid)
+        assert re.findall(r"<[^>]*>", text) == [], text
+        assert not re.search(r"@(channel|here|everyone)", text, re.IGNORECASE), text
+        assert "\r" not in text
+
+
+@pytest.mark.parametrize("make", [webhook_sink, token_sink])
+async def test_hostile_lead_cannot_ping_or_link(http: aiohttp.ClientSession, slack: SlackStandIn, make: object) -> None:
+    await make(http, slack).send(delivery())  # type: ignore[operator]
+    (message,) = slack.messages
+    assert_safe(message)
+    rendered = json.dumps(message)
+    assert "&lt;!channel&gt;" in rendered
+    assert "&amp;amp;" in rendered  # an & typed by the lead is escaped, not trusted as an entity
+    assert message.get("unfurl_links") is False
+
+
+async def test_message_a_salesperson_can_act_on(http: aiohttp.ClientSession, slack: SlackStandIn) -> None:
+    record = {"Type": "Appointment", "SessionID": 8, "CreateTime": "2025-06-01T12:00:00Z", "Name": "Ana Silva",
+              "Email": "ana@example.org", "PhoneNumber": "+1 555 0100", "Content": "Table for 4", "URI": "shop.example"}
+    await token_sink(http, slack, timezone="America/Los_Angeles").send(delivery(record))
+    (message,) = slack.messages
+    assert message["channel"] == "C123"
+    text = " ".join(all_text(message))
+    for expected in ("New appointment", "Ana Silva", "<mailto:ana@example.org|ana@example.org>", "+1 555 0100",
+                     "Table for 4", "shop.example", "sales", "2025-06-01 05:00 PDT"):
+        assert expected in text, expected
+    assert message["text"].startswith("New appointment from Ana Silva")
+
+
+@pytest.mark.parametrize(("response", "error", "words"), [
+    ((429, "rate limited", {"Retry-After": "7"}), RetryableError, "429"),
+    ((500, "oops", {}), RetryableError, "500"),
+    ((400, "invalid_payload", {}), PermanentError, "invalid_payload"),
+    ((403, "action_prohibited", {}), PermanentError, "403"),
+    ((404, "no_service", {}), PermanentError, "webhook was removed"),
+    ((410, "channel_is_archived", {}), PermanentError, "archived"),
+])
+async def test_webhook_errors(http: aiohttp.ClientSession, slack: SlackStandIn,
+                              response: tuple[int, str, dict[str, str]],
+                              error: type[Exception], words: str) -> None:
+    slack.responses = [response]
+    with pytest.raises(error, match=words) as info:
+        await webhook_sink(http, slack).send(delivery())
+    if response[0] == 429:
+        assert info.value.retry_after == 7  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("response", "error", "words"), [
+    ((429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "3"}), RetryableError, "ratelimited"),
+    ((200, {"ok": False, "error": "internal_error"}, {}), RetryableError, "internal_error"),
+    ((503, {"ok": False}, {}), RetryableError, "503"),
+    ((200, {"ok": False, "error": "channel_not_found"}, {}), PermanentError, "channel_not_found"),
+    ((200, {"ok": False, "error": "not_in_channel"}, {}), PermanentError, "invite the app"),
+])
+async def test_api_errors(http: aiohttp.ClientSession, slack: SlackStandIn,
+                          response: tuple[int, object, dict[str, str]],
+                          error: type[Exception], words: str) -> None:
+    slack.responses = [response]  # type: ignore[list-item]
+    with pytest.raises(error, match=words):
+        await token_sink(http, slack).send(delivery())
+
+
+async def test_bad_token_is_permanent(http: aiohttp.ClientSession, slack: SlackStandIn) -> None:
+    sink = token_sink(http, slack)
+    slack.token = "xoxb-the-one-slack-expects"
+    with pytest.raises(PermanentError, match="invalid_auth"):
+        await sink.send(delivery())
+
+
+async def test_unreachable_is_retryable(http: aiohttp.ClientSession) -> None:
+    config = SlackConfig(name="s", type="slack", webhook_url="http://127.0.0.1:9/services/x")
+    with pytest.raises(RetryableError):
+        await SlackSink(config, SinkContext(http=http)).send(delivery())
+
+
+async def test_digest_lists_every_lead_in_one_safe_message(http: aiohttp.ClientSession, slack: SlackStandIn) -> None:
+    deliveries = [delivery(dict(HOSTILE, SessionID=i), chatbot=f"bot{i % 3}") for i in range(300)]
+    await webhook_sink(http, slack).send_digest(deliveries)
+    (message,) = slack.messages
+    assert_safe(message)
+    assert message["text"].startswith("300 new leads and appointments")
+    assert len(message["blocks"]) <= 50
+    listed = sum(text.count("• ") for text in all_text(message))
+    more = re.search(r"…and (\d+) more", json.dumps(message, ensure_ascii=False))
+    assert listed + (int(more.group(1)) if more else 0) == 300
+
+
+@pytest.mark.parametrize(("table", "words"), [
+    ({}, "set either webhook_url"),
+    ({"webhook_url": "https://hooks.slack.com/x", "token": "xoxb-1"}, "set either"),
+    ({"token": "xoxb-1"}, "channel"),
+    ({"webhook_url": "https://hooks.slack.com/x", "channel": "C1"}, "only applies with token"),
+    ({"webhook_url": "https://hooks.slack.com/x", "timezone": "Mars/Base"}, "unknown timezone"),
+    ({"webhook_url": "https://hooks.slack.com/x", "digest_after": 0}, "at least 1"),
+])
+def test_config_rules_across_fields(table: dict[str, object], words: str) -> None:
+    from notifier.config import parse_config
+
+    lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in table.items())
+    text = f'[api]\napi_key = "k"\n[[chatbots]]\nserial_number = "a"\n[sinks.s]\ntype = "slack"\n{lines}\n'
+    with pytest.raises(ConfigError, match=words) as info:
+        parse_config(text, env={})
+    assert info.value.key is not None and info.value.key.startswith("sinks.s")
