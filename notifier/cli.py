@@ -75,7 +75,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         print(_summary(config))
         return EXIT_OK
     if command == "run":
-        await Service(_load(args)).run()
+        await Service(_load(args), reload=lambda: _load(args)).run()
         return EXIT_OK
     if command == "once":
         failed = await Service(_load(args)).once()

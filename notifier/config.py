@@ -59,6 +59,12 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
 class Config:
     api: ApiConfig
     state_path: Path
@@ -66,6 +72,7 @@ class Config:
     chatbots: tuple[ChatbotConfig, ...]
     sinks: Mapping[str, SinkConfig]
     delivery: DeliveryConfig
+    http: HttpConfig | None = None
     source: str | None = None
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
 
@@ -109,11 +116,12 @@ def parse_config(text: str, source: str | None = None, env: Mapping[str, str] | 
     state.finish()
     poll = _poll(root.table("poll"), PollConfig())
     delivery = _delivery(root.table("delivery"))
+    http = _http(root.table("http"))
     sinks = _sinks(root)
     chatbots = _chatbots(root, api, poll, sinks)
     root.finish()
     return Config(api=api, state_path=state_path, poll=poll, chatbots=chatbots, sinks=sinks,
-                  delivery=delivery, source=source, secrets=frozenset(root.secrets))
+                  delivery=delivery, http=http, source=source, secrets=frozenset(root.secrets))
 
 
 def _api(table: Table) -> ApiConfig:
@@ -154,6 +162,21 @@ def _delivery(table: Table) -> DeliveryConfig:
     )
     table.finish()
     return config
+
+
+def _http(table: Table) -> HttpConfig | None:
+    listen = table.text("listen", None)
+    table.finish()
+    if listen is None:
+        return None
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", listen.strip())
+    if not match:
+        raise table.error("listen", f"{listen!r} is not HOST:PORT (e.g. 127.0.0.1:9464 or [::1]:9464)")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not 0 < port < 65536:
+        raise table.error("listen", f"port {port} is out of range")
+    return HttpConfig(host=host, port=port)
 
 
 def _sinks(root: Table) -> dict[str, SinkConfig]:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sqlite3
 from collections.abc import Mapping, Sequence
 
 import structlog
 
 from .config import DeliveryConfig
 from .exceptions import PermanentError, RetryableError
+from .metrics import Metrics
 from .sinks.base import safe_text
 from .store import Store
 from .types import Clock, Delivery, Sink
@@ -24,7 +26,8 @@ IDLE_RECHECK = 5.0  # also picks up rows another process (outbox retry) made due
 
 class Dispatcher:
     def __init__(self, store: Store, sinks: Mapping[str, Sink], config: DeliveryConfig,
-                 clock: Clock) -> None:
+                 clock: Clock, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
         self.store = store
         self.sinks = dict(sinks)
         self.config = config
@@ -137,6 +140,13 @@ class Dispatcher:
 
     # -- one delivery -------------------------------------------------------------------
     async def _deliver(self, group: Sequence[Delivery]) -> None:
+        try:
+            await self._attempt(group)
+        except sqlite3.Error as exc:  # the outcome could not be recorded: the row stays as it was
+            log.error("state write failed after a delivery attempt; it will be attempted again",
+                      sink=group[0].sink, webhook_id=group[0].webhook_id, error=str(exc))
+
+    async def _attempt(self, group: Sequence[Delivery]) -> None:
         first = group[0]
         ids = [d.id for d in group]
         sink = self.sinks[first.sink]
@@ -157,6 +167,7 @@ class Dispatcher:
             self._record_failure(group, attempt, f"internal error: {type(exc).__name__}: {exc}",
                                  retryable=True)
         else:
+            self._count(first.sink, "delivered", len(group))
             self.store.mark_done(ids, self.clock().timestamp())
             self.delivered += len(group)
             log.info("delivered", sink=first.sink, chatbot=first.chatbot, webhook_id=first.webhook_id,
@@ -174,6 +185,7 @@ class Dispatcher:
         self.failed += 1
         fields = {"sink": first.sink, "chatbot": first.chatbot, "webhook_id": first.webhook_id,
                   "attempt": attempt, "reason": reason, "leads": len(group)}
+        self._count(first.sink, "retry" if retryable and attempt < self.config.max_attempts else "dead", len(group))
         if not retryable:
             self.store.mark_dead(ids, now, f"permanent: {reason}")
             log.error("delivery failed permanently; moved to dead letters", **fields)
@@ -184,6 +196,10 @@ class Dispatcher:
             delay = self.backoff(attempt, retry_after)
             self.store.mark_retry(ids, now, now + delay, reason)
             log.warning("delivery failed; will retry", retry_in=round(delay, 1), **fields)
+
+    def _count(self, sink: str, outcome: str, n: int) -> None:
+        if self.metrics is not None:
+            self.metrics.deliveries.labels(sink, outcome).inc(n)
 
     async def aclose(self) -> None:
         for sink in self.sinks.values():

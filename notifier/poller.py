@@ -21,6 +21,7 @@ import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from time import perf_counter
 
 import structlog
 
@@ -28,6 +29,7 @@ from .api import LeadListClient
 from .config import ChatbotConfig
 from .exceptions import ApiError, StateError
 from .leads import to_micros
+from .metrics import Metrics
 from .sinks import SinkConfig
 from .store import Store
 from .types import Clock, Lead
@@ -63,6 +65,14 @@ class PollStatus:
     last_success: datetime | None = None
     last_error: str | None = None
     new_leads: int = 0
+    today: date | None = None
+    new_today: int = 0
+
+    def count_new(self, count: int, now: datetime) -> None:
+        if self.today != now.date():
+            self.today, self.new_today = now.date(), 0
+        self.new_leads += count
+        self.new_today += count
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +93,7 @@ class ChatbotPoller:
     sinks: Mapping[str, SinkConfig]
     clock: Clock
     on_queued: Callable[[], None] = lambda: None
+    metrics: Metrics | None = None
     status: PollStatus = field(default_factory=PollStatus)
     _digest: bytes | None = None
     _warned: set[str] = field(default_factory=set)
@@ -142,7 +153,10 @@ class ChatbotPoller:
         if notify:
             log.info("new leads", chatbot=chatbot.name, count=len(notify), queued=queued,
                      sessions=[lead.key.session_id for lead, _ in notify[:20]])
-            self.status.new_leads += len(notify)
+            self.status.count_new(len(notify), now)
+            if self.metrics is not None:
+                for lead, _ in notify:
+                    self.metrics.leads_new.labels(chatbot.name, lead.type).inc()
         if queued:
             self.on_queued()
         return len(notify), len(silent), queued
@@ -198,8 +212,11 @@ class ChatbotPoller:
         """poll_once with the bookkeeping and logging every caller wants; True on success."""
         status = self.status
         status.polls += 1
+        started = perf_counter()
+        ok = False
         try:
             result = await self.poll_once()
+            ok = True
         except ApiError as exc:
             status.failures += 1
             status.last_error = str(exc)
@@ -216,11 +233,17 @@ class ChatbotPoller:
             status.last_error = f"internal error: {type(exc).__name__}: {exc}"
             log.exception("poll failed with an internal error", chatbot=self.chatbot.name)
             return False
+        finally:
+            if self.metrics is not None:
+                self.metrics.polls.labels(self.chatbot.name, "success" if ok else "failure").inc()
+                self.metrics.poll_duration.observe(perf_counter() - started)
         if status.failures:
             log.info("poll recovered", chatbot=self.chatbot.name, after_failures=status.failures)
         status.failures = 0
         status.last_error = None
         status.last_success = self.clock()
+        if self.metrics is not None:
+            self.metrics.last_success.labels(self.chatbot.name).set(status.last_success.timestamp())
         log.debug("polled", chatbot=self.chatbot.name, unchanged=result.unchanged, records=result.records,
                   new=result.new, baselined=result.baselined, skipped=result.skipped)
         return True

@@ -1,26 +1,36 @@
 """Wires config, state, API client, pollers, dispatcher and sinks into one running daemon, and
 takes it down again without losing anything (the saq worker's shape: signals set an Event inside
-the loop, shutdown drains within a grace period, then cancels; stop() is safe to call twice)."""
+the loop, shutdown drains within a grace period, then cancels; stop() is safe to call twice).
+SIGHUP reloads the config in place; state and pending deliveries are untouched by a reload."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
 import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import IO
+from pathlib import Path
+from typing import IO, Any
 
 import aiohttp
 import structlog
+from aiohttp import web
 
 from ._version import USER_AGENT
 from .api import LeadListClient, make_throttler
 from .config import Config
 from .dispatcher import Dispatcher
+from .exceptions import NotifierError
+from .health import health_app, start_health
+from .metrics import Metrics
 from .poller import ChatbotPoller
 from .sinks import SinkContext, create_sink
 from .store import Store
-from .types import Clock
+from .systemd import Notifier
+from .types import Clock, Sink
 
 log = structlog.get_logger("notifier.service")
 
@@ -29,37 +39,65 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def status_path(state_path: Path) -> Path:
+    return state_path.with_name(state_path.name + ".status.json")
+
+
 class Service:
     def __init__(self, config: Config, *, clock: Clock = utc_now, stdout: IO[str] | None = None,
-                 store_factory: Callable[[Config], Store] | None = None) -> None:
+                 reload: Callable[[], Config] | None = None, notifier: Notifier | None = None) -> None:
         self.config = config
         self.clock = clock
         self.stdout = stdout
-        self._store_factory = store_factory or (lambda c: Store(c.state_path))
+        self._reload = reload
+        self.notifier = notifier or Notifier()
+        self.metrics = Metrics()
         self._stop = asyncio.Event()
         self.store: Store | None = None
         self.http: aiohttp.ClientSession | None = None
         self.pollers: list[ChatbotPoller] = []
         self.dispatcher: Dispatcher | None = None
+        self._poll_tasks: dict[str, asyncio.Task[None]] = {}
+        self._health: web.AppRunner | None = None
 
-    # -- lifecycle ----------------------------------------------------------------------
+    # -- building -----------------------------------------------------------------------
     async def open(self) -> None:
         """Open state first (it may refuse: locked, corrupt), then the network side."""
-        config = self.config
-        self.store = self._store_factory(config)
+        self.store = Store(self.config.state_path)
         connector = aiohttp.TCPConnector(limit=100, limit_per_host=20, ttl_dns_cache=300)
         self.http = aiohttp.ClientSession(connector=connector, headers={"User-Agent": USER_AGENT})
+        self.dispatcher = Dispatcher(self.store, self._sinks(self.config), self.config.delivery, self.clock,
+                                     self.metrics)
+        self.pollers = self._pollers(self.config, {})
+        store = self.store
+        self.metrics.watch_outbox(store.sink_counts, lambda: list(self.config.sinks))
+
+    def _sinks(self, config: Config) -> dict[str, Sink]:
+        assert self.http is not None
         context = SinkContext(http=self.http, clock=self.clock, user_agent=USER_AGENT, stdout=self.stdout)
-        sinks = {name: create_sink(sink_config, context) for name, sink_config in config.sinks.items()}
-        self.dispatcher = Dispatcher(self.store, sinks, config.delivery, self.clock)
+        return {name: create_sink(sink_config, context) for name, sink_config in config.sinks.items()}
+
+    def _pollers(self, config: Config, keep: dict[str, ChatbotPoller]) -> list[ChatbotPoller]:
+        assert self.http is not None
+        assert self.store is not None
+        assert self.dispatcher is not None
         client = LeadListClient(self.http, config.api.base_url, timeout=config.api.timeout,
                                 throttler=make_throttler(config.api.requests_per_second),
                                 max_response_bytes=config.api.max_response_bytes, user_agent=USER_AGENT)
-        self.pollers = [ChatbotPoller(chatbot=c, client=client, store=self.store, sinks=config.sinks,
-                                      clock=self.clock, on_queued=self.dispatcher.wake)
-                        for c in config.chatbots]
+        pollers = []
+        for chatbot in config.chatbots:
+            poller = ChatbotPoller(chatbot=chatbot, client=client, store=self.store, sinks=config.sinks,
+                                   clock=self.clock, on_queued=self.dispatcher.wake, metrics=self.metrics)
+            old = keep.get(chatbot.serial_number)
+            if old is not None:  # keep what we know about a chatbot across a reload
+                poller.status = old.status
+            pollers.append(poller)
+        return pollers
 
     async def close(self) -> None:
+        if self._health is not None:
+            await self._health.cleanup()
+            self._health = None
         if self.dispatcher is not None:
             await self.dispatcher.aclose()
         if self.http is not None:
@@ -69,42 +107,124 @@ class Service:
             self.store.close()
             self.store = None
 
+    # -- lifecycle ----------------------------------------------------------------------
     def stop(self) -> None:
         """Idempotent; safe from a signal handler running in the loop."""
         if not self._stop.is_set():
             log.info("stopping: polls end now, in-flight deliveries get the grace period",
                      grace=self.config.delivery.shutdown_grace)
+            self.notifier.send(stopping="1", status="stopping")
             self._stop.set()
 
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def _start_poller(self, poller: ChatbotPoller) -> None:
+        self._poll_tasks[poller.chatbot.serial_number] = asyncio.create_task(
+            poller.run(self._stop), name=f"poll-{poller.chatbot.name}")
+
     async def run(self, *, install_signals: bool = True) -> None:
-        """The daemon: poll and deliver until stop(), SIGTERM or SIGINT."""
+        """The daemon: poll and deliver until stop(), SIGTERM or SIGINT; SIGHUP reloads."""
         loop = asyncio.get_running_loop()
+        signals = {signal.SIGTERM: self.stop, signal.SIGINT: self.stop,
+                   signal.SIGHUP: lambda: asyncio.ensure_future(self.reload())}
         if install_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.stop)
-        await self.open()
-        assert self.dispatcher is not None
+            for sig, handler in signals.items():
+                loop.add_signal_handler(sig, handler)
         try:
+            await self.open()
+            assert self.dispatcher is not None
+            if self.config.http is not None:
+                app = health_app(lambda: self.pollers, self.metrics, self.clock)
+                self._health = await start_health(app, self.config.http.host, self.config.http.port)
             log.info("started", chatbots=len(self.pollers), sinks=sorted(self.config.sinks),
-                     state=str(self.config.state_path))
-            pollers = [asyncio.create_task(p.run(self._stop), name=f"poll-{p.chatbot.name}")
-                       for p in self.pollers]
+                     state=str(self.config.state_path),
+                     http=f"{self.config.http.host}:{self.config.http.port}" if self.config.http else None)
+            self.notifier.send(ready="1", status=self.status_line(), mainpid=str(os.getpid()))
+            for poller in self.pollers:
+                self._start_poller(poller)
             dispatcher = asyncio.create_task(self.dispatcher.run(self._stop), name="dispatcher")
+            beat = asyncio.create_task(self.notifier.watchdog(self._beat, self._stop), name="watchdog")
             await self._stop.wait()
-            for task in pollers:  # an in-flight poll holds no state: cancelling it loses nothing
+            tasks = list(self._poll_tasks.values())
+            for task in tasks:  # an in-flight poll holds no state: cancelling it loses nothing
                 task.cancel()
-            await asyncio.gather(*pollers, return_exceptions=True)
+            await asyncio.gather(*tasks, beat, return_exceptions=True)
             await dispatcher  # drains within the grace period
+        except OSError as exc:  # e.g. the [http] listen address is taken
+            raise NotifierError(f"cannot start: {exc.strerror or exc}") from None
         finally:
             if install_signals:
-                for sig in (signal.SIGTERM, signal.SIGINT):
+                for sig in signals:
                     loop.remove_signal_handler(sig)
+            self._write_status()
             await self.close()
             log.info("stopped")
+
+    async def reload(self) -> bool:
+        """Apply a new config in place: chatbots and sinks added, changed or removed take effect;
+        state and pending deliveries are kept. An invalid config is logged and changes nothing."""
+        if self._reload is None or self.dispatcher is None or self.stopping:
+            return False
+        try:
+            new = self._reload()
+        except NotifierError as exc:
+            log.error("reload failed; the running config stays", error=str(exc))
+            return False
+        if new.state_path != self.config.state_path or new.http != self.config.http:
+            log.warning("state.path and [http] changes need a restart; the rest is applied")
+        from .logs import register_secrets
+        register_secrets(new.secrets)
+        old_pollers = {p.chatbot.serial_number: p for p in self.pollers}
+        old_sinks = self.dispatcher.sinks
+        self.dispatcher.sinks = self._sinks(new)
+        self.dispatcher.config = new.delivery
+        self.config = new
+        for task in self._poll_tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._poll_tasks.values(), return_exceptions=True)
+        self._poll_tasks.clear()
+        self.pollers = self._pollers(new, old_pollers)
+        for poller in self.pollers:
+            self._start_poller(poller)
+        self.dispatcher.wake()
+        for sink in old_sinks.values():
+            with contextlib.suppress(Exception):
+                await sink.aclose()
+        log.info("config reloaded", chatbots=len(self.pollers), sinks=sorted(new.sinks))
+        return True
+
+    # -- status -------------------------------------------------------------------------
+    def status_line(self) -> str:
+        pending = sum(c.pending for c in self.store.sink_counts().values()) if self.store else 0
+        polled = sum(1 for p in self.pollers if p.status.last_success is not None)
+        today = self.clock().date()
+        leads = sum(p.status.new_today for p in self.pollers if p.status.today == today)
+        return f"{polled}/{len(self.pollers)} chatbots polled, {leads} leads today, {pending} deliveries pending"
+
+    def _beat(self) -> str:
+        self._write_status()
+        return self.status_line()
+
+    def _write_status(self) -> None:
+        """A small JSON file beside the state for `status` (another process) to read; written
+        atomically, never a database transaction."""
+        data: dict[str, Any] = {"pid": os.getpid(), "written": self.clock().isoformat(), "chatbots": {}}
+        for poller in self.pollers:
+            s = poller.status
+            data["chatbots"][poller.chatbot.name] = {
+                "serial_number": poller.chatbot.serial_number, "polls": s.polls, "failures": s.failures,
+                "last_poll": s.last_poll.isoformat() if s.last_poll else None,
+                "last_success": s.last_success.isoformat() if s.last_success else None,
+                "last_error": s.last_error, "new_today": s.new_today if s.today == self.clock().date() else 0}
+        path = status_path(self.config.state_path)
+        with contextlib.suppress(OSError):
+            tmp = path.with_name(path.name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                json.dump(data, handle)
+            os.replace(tmp, path)
 
     async def once(self) -> list[str]:
         """Poll every chatbot once, deliver what is due; returns the chatbots whose poll failed."""
@@ -113,6 +233,7 @@ class Service:
         try:
             results = await asyncio.gather(*(p.poll_logged() for p in self.pollers))
             await self.dispatcher.deliver_due()
+            self._write_status()
             return [p.chatbot.name for p, ok in zip(self.pollers, results, strict=True) if not ok]
         finally:
             await self.close()
