@@ -35,6 +35,26 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--every", type=float, default=3.0, metavar="SECONDS", help="a new lead this often")
     test_sink = sub.add_parser("test-sink", parents=[common], help="send one sample lead through a sink")
     test_sink.add_argument("name", help="the sink's name, as in [sinks.NAME]")
+    status = sub.add_parser("status", parents=[common], help="chatbots and sinks at a glance")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    outbox = sub.add_parser("outbox", help="list, retry or purge deliveries").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    listing = outbox.add_parser("list", parents=[common], help="pending (or --dead) deliveries")
+    listing.add_argument("--dead", action="store_true")
+    listing.add_argument("--sink", metavar="NAME")
+    listing.add_argument("--json", action="store_true")
+    retry = outbox.add_parser("retry", parents=[common], help="make deliveries due again")
+    retry.add_argument("ids", nargs="*", type=int, metavar="ID")
+    retry.add_argument("--dead", action="store_true", help="every dead letter (of --sink)")
+    retry.add_argument("--sink", metavar="NAME")
+    purge = outbox.add_parser("purge", parents=[common], help="drop dead letters")
+    purge.add_argument("--dead", action="store_true", required=True)
+    purge.add_argument("--older-than", type=float, metavar="DAYS")
+    purge.add_argument("--sink", metavar="NAME")
+    state = sub.add_parser("state", help="state file maintenance").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    forget = state.add_parser("forget", parents=[common], help="drop a chatbot's seen leads: baseline it again")
+    forget.add_argument("chatbot", metavar="CHATBOT")
     sim = sub.add_parser("simulate", parents=[common], help="serve the built-in API simulator")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8765)
@@ -82,6 +102,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
         for name in failed:
             print(f"smarterbot-notifier: poll failed for chatbot {name!r} (see the log above)", file=sys.stderr)
         return EXIT_FAILED if failed else EXIT_OK
+    if command in ("status", "outbox", "state"):
+        return _admin(args)
     if command == "test-sink":
         from .sample import send_sample
         return EXIT_OK if await send_sample(_load(args), args.name) else EXIT_FAILED
@@ -91,6 +113,33 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if command == "simulate":
         return await _simulate(args)
     raise AssertionError(command)  # pragma: no cover - argparse restricts the choices
+
+
+def _admin(args: argparse.Namespace) -> int:
+    import json
+    from datetime import UTC, datetime
+
+    from . import admin
+
+    config = _load(args)
+    out = sys.stdout
+    if args.command == "status":
+        data = admin.status(config, datetime.now(UTC))
+        if args.json:
+            print(json.dumps(data, indent=2))
+        else:
+            admin.print_status(data, out)
+        return EXIT_OK
+    if args.command == "state":
+        admin.state_forget(config, out, args.chatbot)
+        return EXIT_OK
+    if args.action == "list":
+        admin.outbox_list(config, out, dead=args.dead, sink=args.sink, as_json=args.json)
+    elif args.action == "retry":
+        admin.outbox_retry(config, out, ids=args.ids, dead=args.dead, sink=args.sink)
+    else:
+        admin.outbox_purge(config, out, older_than_days=args.older_than, sink=args.sink)
+    return EXIT_OK
 
 
 def _summary(config: Config) -> str:

@@ -18,6 +18,7 @@ from .tomlsource import LineIndex, Table
 
 FirstRun = Literal["baseline", "notify"]
 CONFIG_ENV = "SMARTERBOT_NOTIFIER_CONFIG"
+HTTP_ENV = "SMARTERBOT_NOTIFIER_HTTP_LISTEN"  # default for [http] listen (the Docker image sets it)
 DEFAULT_BASE_URL = "https://chat.smarterbot.ai"
 _SINK_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -116,7 +117,7 @@ def parse_config(text: str, source: str | None = None, env: Mapping[str, str] | 
     state.finish()
     poll = _poll(root.table("poll"), PollConfig())
     delivery = _delivery(root.table("delivery"))
-    http = _http(root.table("http"))
+    http = _http(root.table("http"), env.get(HTTP_ENV))
     sinks = _sinks(root)
     chatbots = _chatbots(root, api, poll, sinks)
     root.finish()
@@ -164,8 +165,8 @@ def _delivery(table: Table) -> DeliveryConfig:
     return config
 
 
-def _http(table: Table) -> HttpConfig | None:
-    listen = table.text("listen", None)
+def _http(table: Table, default: str | None) -> HttpConfig | None:
+    listen = table.text("listen", default or None)
     table.finish()
     if listen is None:
         return None

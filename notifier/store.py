@@ -322,10 +322,64 @@ class Store:
             counts.setdefault(sink, {})[state] = n
         return {sink: SinkCounts(**c) for sink, c in counts.items()}
 
+    # -- administration -----------------------------------------------------------------
+    def outbox(self, *, dead: bool = False, sink: str | None = None, limit: int = 100) -> list[OutboxRow]:
+        """Unsettled deliveries (pending, or dead with `dead`), oldest first."""
+        rows = self._db.execute(
+            "SELECT o.id, o.sink, o.state, o.attempts, o.next_at, o.updated_at, o.last_error, l.chatbot, l.type, "
+            "l.session_id, l.created_us FROM outbox o JOIN leads l ON l.id = o.lead_id "
+            "WHERE o.state = ? AND (?2 IS NULL OR o.sink = ?2) ORDER BY o.id LIMIT ?3",
+            ("dead" if dead else "pending", sink, limit)).fetchall()
+        return [OutboxRow(*row) for row in rows]
+
+    def retry(self, now: float, *, ids: Sequence[int] = (), dead_sink: str | None = None,
+              all_dead: bool = False) -> int:
+        """Make deliveries due now with a fresh attempt budget: the named ids (pending or dead),
+        or every dead one (of one sink)."""
+        with self._tx() as db:
+            if ids:
+                return sum(db.execute("UPDATE outbox SET state = 'pending', attempts = 0, next_at = ?, "
+                                      "updated_at = ? WHERE id = ? AND state != 'done'", (now, now, i)).rowcount
+                           for i in ids)
+            if not all_dead:
+                return 0
+            return db.execute("UPDATE outbox SET state = 'pending', attempts = 0, next_at = ?, updated_at = ? "
+                              "WHERE state = 'dead' AND (?3 IS NULL OR sink = ?3)", (now, now, dead_sink)).rowcount
+
+    def purge_dead(self, older_than: float | None, sink: str | None = None) -> int:
+        """Drop dead letters. Their seen keys stay, so the leads are not notified again."""
+        with self._tx() as db:
+            return db.execute("DELETE FROM outbox WHERE state = 'dead' AND (?1 IS NULL OR updated_at < ?1) "
+                              "AND (?2 IS NULL OR sink = ?2)", (older_than, sink)).rowcount
+
+    def chatbots(self) -> dict[str, str]:
+        """serial -> name of every chatbot the state knows."""
+        return dict(self._db.execute("SELECT serial, name FROM chatbots").fetchall())
+
+    def new_since(self, since: datetime) -> dict[str, int]:
+        rows = self._db.execute("SELECT serial, count(*) FROM leads WHERE notified = 1 AND detected_at >= ? "
+                                "GROUP BY serial", (since.isoformat(),))
+        return dict(rows.fetchall())
+
     def lead_count(self, serial: str | None = None) -> int:
         if serial is None:
             return int(self._db.execute("SELECT count(*) FROM leads").fetchone()[0])
         return int(self._db.execute("SELECT count(*) FROM leads WHERE serial = ?", (serial,)).fetchone()[0])
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: int
+    sink: str
+    state: str
+    attempts: int
+    next_at: float
+    updated_at: float
+    last_error: str | None
+    chatbot: str
+    type: str
+    session_id: int
+    created_us: int
 
 
 def _delivery(row: tuple[Any, ...]) -> Delivery:
