@@ -1,0 +1,134 @@
+"""The worst days, as tests: vendor faults while other chatbots keep working, SIGKILL at random
+moments during bursts, and a state file that another process holds locked."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sqlite3
+import sys
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from notifier.config import load_config
+from notifier.service import Service
+from notifier.simulator import Simulator
+
+from .conftest import SERIAL_A, SERIAL_B, Receiver, until, write_config
+
+FAULTS = {
+    "http-500": {"status": 500, "body": b"Internal Server Error"},
+    "html-502": {"status": 502, "body": b"<html><head><title>502 Bad Gateway</title></head></html>"},
+    "hang": {"delay": 3.0},
+    "cut-json": {"truncate": True},
+    "success-false-401": {"envelope": {"Success": False, "Code": 401, "Message": "Invalid secret key"}},
+    "success-false-500": {"envelope": {"Success": False, "Code": 500, "Message": "DB timeout"}},
+    "code-string": {"envelope": {"Success": False, "Code": "429", "Message": "Too many requests"}},
+    "data-null": {"envelope": {"Data": None}},
+    "malformed-records": {"extra_records": [{"Type": "Lead"}, 17, {"SessionID": "x", "CreateTime": "y"}]},
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+async def test_vendor_fault_hurts_only_its_chatbot_and_loses_nothing(
+        fault: str, simulator: tuple[Simulator, str], receiver: Receiver, tmp_path: Path) -> None:
+    sim, url = simulator
+    config = load_config(write_config(tmp_path, url, receiver.url, poll="interval = 0.1"))
+    config = replace(config, api=replace(config.api, timeout=0.5))
+    service = Service(config)
+    task = asyncio.create_task(service.run(install_signals=False))
+    try:
+        await until(lambda: service.pollers and all(p.status.polls >= 1 for p in service.pollers), what="baseline")
+        sim.fail(serial=SERIAL_A, times=3, **FAULTS[fault])  # type: ignore[arg-type]
+        a = [sim.add_lead(SERIAL_A) for _ in range(2)]
+        b = sim.add_lead(SERIAL_B)
+        await until(lambda: len(receiver.accepted) == 3, timeout=20, what="every lead delivered")
+        await until(lambda: all(p.status.polls >= 8 for p in service.pollers), timeout=20, what="more polls")
+    finally:
+        service.stop()
+        await asyncio.wait_for(task, 10)
+    sessions = sorted(int(r.json["data"]["lead"]["SessionID"]) for r in receiver.accepted)
+    assert sessions == sorted([x["SessionID"] for x in a] + [b["SessionID"]])  # each exactly once
+
+
+def kill_rounds() -> int:
+    return int(os.environ.get("KILL_ROUNDS", "4"))
+
+
+async def kill_loop(simulator: tuple[Simulator, str], receiver: Receiver, tmp_path: Path, rounds: int) -> None:
+    sim, url = simulator
+    receiver.fail_every = 5  # a consumer that fails a fifth of all requests
+    config = write_config(tmp_path, url, receiver.url, poll='interval = 0.1\nfirst_run = "notify"')
+    config.write_text(config.read_text().replace("backoff_initial = 0.05", "backoff_initial = 0.02\nmax_attempts = 1000"))
+    daemon = [sys.executable, "-m", "notifier", "run", "--config", str(config)]
+    rng = random.Random(1234)
+    created: list[int] = []
+    for _ in range(rounds):
+        proc = await asyncio.create_subprocess_exec(*daemon, stderr=asyncio.subprocess.DEVNULL)
+        for _ in range(rng.randint(3, 8)):
+            created.append(sim.add_lead(rng.choice([SERIAL_A, SERIAL_B]))["SessionID"])
+        await asyncio.sleep(rng.uniform(0.3, 1.2))  # the kill lands at a random moment of the burst
+        proc.kill()
+        await proc.wait()
+    proc = await asyncio.create_subprocess_exec(*daemon, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        await until(lambda: {int(r.json["data"]["lead"]["SessionID"]) for r in receiver.accepted} >= set(created),
+                    timeout=60, what="every lead delivered after the kills")
+        await until(lambda: _pending(tmp_path) == 0, timeout=20, what="outbox settled")
+    finally:
+        proc.terminate()
+        await proc.wait()
+    by_session: dict[int, set[str]] = defaultdict(set)
+    counts: dict[int, int] = defaultdict(int)
+    for r in receiver.accepted:
+        session = int(r.json["data"]["lead"]["SessionID"])
+        by_session[session].add(r.headers["webhook-id"])
+        counts[session] += 1
+    assert set(by_session) == set(created)  # none lost, none invented
+    assert all(len(ids) == 1 for ids in by_session.values())  # a repeat always carries the same webhook-id
+    duplicates = sum(n - 1 for n in counts.values())
+    assert duplicates <= rounds * 16  # only deliveries in flight at a kill ([delivery] concurrency each)
+
+
+def _pending(tmp_path: Path) -> int:
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        return int(db.execute("SELECT count(*) FROM outbox WHERE state != 'done'").fetchone()[0])
+
+
+async def test_sigkill_at_random_moments_loses_nothing(simulator: tuple[Simulator, str], receiver: Receiver,
+                                                       tmp_path: Path) -> None:
+    await kill_loop(simulator, receiver, tmp_path, rounds=kill_rounds())
+
+
+@pytest.mark.slow
+async def test_sigkill_at_random_moments_long(simulator: tuple[Simulator, str], receiver: Receiver,
+                                              tmp_path: Path) -> None:
+    await kill_loop(simulator, receiver, tmp_path, rounds=30)
+
+
+async def test_state_locked_by_another_process_fails_the_poll_not_the_daemon(
+        simulator: tuple[Simulator, str], receiver: Receiver, tmp_path: Path) -> None:
+    sim, url = simulator
+    service = Service(load_config(write_config(tmp_path, url, receiver.url)))
+    task = asyncio.create_task(service.run(install_signals=False))
+    try:
+        await until(lambda: service.pollers and all(p.status.polls >= 1 for p in service.pollers), what="baseline")
+        assert service.store is not None
+        service.store._db.execute("PRAGMA busy_timeout = 100")
+        holder = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # e.g. a backup tool holding the write lock
+        lead = sim.add_lead(SERIAL_A)
+        alpha = service.pollers[0]
+        await until(lambda: alpha.status.failures >= 1, what="a poll failed on the lock")
+        assert "database is locked" in (alpha.status.last_error or "")
+        holder.execute("ROLLBACK")
+        holder.close()
+        await until(lambda: receiver.accepted, timeout=20, what="delivered once the lock is gone")
+    finally:
+        service.stop()
+        await asyncio.wait_for(task, 10)
+    assert [int(r.json["data"]["lead"]["SessionID"]) for r in receiver.accepted] == [lead["SessionID"]]
