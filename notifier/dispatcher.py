@@ -83,7 +83,6 @@ class Dispatcher:
                 group = [d for d in group if d.id not in self._busy] or [delivery]
                 self._busy.update(d.id for d in group)
                 self._per_sink[name] = self._per_sink.get(name, 0) + 1
-                self._ready_at[name] = loop.time() + sink.min_interval
                 task = asyncio.create_task(self._deliver(group), name=f"deliver-{delivery.id}")
                 self._tasks.add(task)
                 task.add_done_callback(self._finished)
@@ -151,6 +150,8 @@ class Dispatcher:
         ids = [d.id for d in group]
         sink = self.sinks[first.sink]
         attempt = first.attempts + 1
+        if sink.min_interval:  # paced from the moment the message really leaves, not when queued
+            self._ready_at[first.sink] = asyncio.get_running_loop().time() + sink.min_interval
         try:
             if first.batch is None:
                 await sink.send(first)

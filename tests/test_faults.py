@@ -63,7 +63,8 @@ async def kill_loop(simulator: tuple[Simulator, str], receiver: Receiver, tmp_pa
     sim, url = simulator
     receiver.fail_every = 5  # a consumer that fails a fifth of all requests
     config = write_config(tmp_path, url, receiver.url, poll='interval = 0.1\nfirst_run = "notify"')
-    config.write_text(config.read_text().replace("backoff_initial = 0.05", "backoff_initial = 0.02\nmax_attempts = 1000"))
+    config.write_text(config.read_text().replace("backoff_initial = 0.05",
+                                                 "backoff_initial = 0.02\nmax_attempts = 1000"))
     daemon = [sys.executable, "-m", "notifier", "run", "--config", str(config)]
     rng = random.Random(1234)
     created: list[int] = []

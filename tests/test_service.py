@@ -50,10 +50,11 @@ async def test_one_failing_chatbot_does_not_stop_the_others(simulator: tuple[Sim
     a = sim.add_lead(SERIAL_A)
     b = sim.add_lead(SERIAL_B)
     await until(lambda: any(r.json["data"]["lead"]["SessionID"] in (b["SessionID"], str(b["SessionID"]))
-                            for r in receiver.accepted), what="beta delivered")
+                            for r in receiver.accepted), timeout=20, what="beta delivered")
     alpha = next(p for p in service.pollers if p.chatbot.name == "alpha")
-    await until(lambda: alpha.status.last_error is None and alpha.status.polls >= 5, what="alpha recovered")
-    await until(lambda: len(receiver.accepted) == 2, what="alpha delivered")
+    await until(lambda: alpha.status.last_error is None and alpha.status.polls >= 5, timeout=30,
+                what="alpha recovered")
+    await until(lambda: len(receiver.accepted) == 2, timeout=20, what="alpha delivered")
     service.stop()
     await asyncio.wait_for(task, 10)
     assert sorted(int(r.json["data"]["lead"]["SessionID"]) for r in receiver.accepted) == sorted(
