@@ -96,9 +96,8 @@ class Store:
         else:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-            except FileExistsError:
-                pass
+                fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)  # private from the first byte
+                os.close(fd)
             except OSError as exc:
                 raise StateError(f"cannot create state file {path}: {exc.strerror or exc}") from None
         try:

@@ -133,3 +133,45 @@ async def test_state_locked_by_another_process_fails_the_poll_not_the_daemon(
         service.stop()
         await asyncio.wait_for(task, 10)
     assert [int(r.json["data"]["lead"]["SessionID"]) for r in receiver.accepted] == [lead["SessionID"]]
+
+
+def _limit_file_size(limit: int) -> None:
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+async def test_full_disk_is_a_clear_error_and_nothing_half_written(
+        simulator: tuple[Simulator, str], receiver: Receiver, tmp_path: Path) -> None:
+    from .test_service import run_cli
+
+    sim, url = simulator
+    config = write_config(tmp_path, url, receiver.url, poll='first_run = "notify"')
+    assert (await run_cli("once", "--config", str(config)))[0] == 0  # creates and baselines the state
+    leads = [sim.add_lead(SERIAL_A, Content="x" * 5000)["SessionID"] for _ in range(200)]
+    size = sum(p.stat().st_size for p in tmp_path.glob("state.db*"))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "notifier", "once", "--config", str(config), stderr=asyncio.subprocess.PIPE,
+        preexec_fn=lambda: _limit_file_size(size + 64 * 1024))
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    text = err.decode()
+    assert proc.returncode == 1, text
+    assert "state write failed, nothing recorded" in text and "Traceback" not in text
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        assert db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+        assert db.execute("SELECT count(*) FROM leads").fetchone()[0] == 0  # all or nothing
+        assert db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
+    assert receiver.accepted == []
+    assert (await run_cli("once", "--config", str(config)))[0] == 0  # space again: every lead goes out
+    assert sorted(int(r.json["data"]["lead"]["SessionID"]) for r in receiver.accepted) == sorted(leads)
+
+
+def test_state_in_a_path_that_cannot_be_a_directory(tmp_path: Path) -> None:
+    from notifier.exceptions import StateError
+    from notifier.store import Store
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StateError, match="cannot create state file"):
+        Store(tmp_path / "file" / "state.db")

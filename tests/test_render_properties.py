@@ -1,0 +1,82 @@
+"""Property tests: whatever a stranger types, every human-facing renderer stays safe."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import re
+from datetime import UTC, datetime
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from notifier.leads import LeadKey
+from notifier.sinks.console import render_json, render_text
+from notifier.sinks.email import EmailConfig, build_message
+from notifier.sinks.render import load_timezone
+from notifier.sinks.slack import digest_blocks, lead_blocks
+from notifier.types import Delivery, Lead
+
+NASTY = st.sampled_from(["<!channel>", "<!here>", "@everyone", "<@U1>", "<#C1|x>", "\r\n", "\n", "\r", "\x1b[2J",
+                         "\x9b", "\u2028", "\u202e", "&amp;", "<https://e.vil|ok>", "Bcc: x@e.vil", "\x00", "\x85"])
+TEXT = st.lists(st.text(max_size=40) | NASTY, max_size=12).map("".join) | st.just("A" * 100_000)
+UTC_ZONE = load_timezone("UTC")
+
+
+def make(name: str, mail: str, phone: str, content: str, uri: str, chatbot: str) -> Delivery:
+    key = LeadKey("serial", 1, 1_700_000_000_000_000)
+    lead = Lead(key=key, type="Lead", created=datetime(2023, 11, 14, tzinfo=UTC), name=name, email=mail,
+                phone=phone, content=content, uri=uri, raw={})
+    return Delivery(id=1, sink="s", chatbot=chatbot, lead=lead, detected_at=datetime.now(UTC))
+
+
+deliveries = st.builds(make, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT)
+
+
+def slack_strings(message: object) -> list[str]:
+    found: list[str] = []
+    if isinstance(message, dict):
+        for value in message.values():
+            found += [value] if isinstance(value, str) else slack_strings(value)
+    elif isinstance(message, list):
+        for value in message:
+            found += slack_strings(value)
+    return found
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(deliveries)
+def test_slack_json_has_no_live_control_sequence(delivery: Delivery) -> None:
+    for text, blocks in (lead_blocks(delivery, UTC_ZONE), digest_blocks([delivery, delivery], UTC_ZONE)):
+        json.dumps(blocks)
+        for value in [text, *slack_strings(blocks)]:
+            assert len(value) <= 3000
+            assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e]", value)
+            assert not re.search(r"@(channel|here|everyone)", value, re.IGNORECASE)
+            # the only angle brackets left are our own mailto links
+            for link in re.findall(r"<[^>]*>", value):
+                assert link.startswith("<mailto:"), link
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(deliveries)
+def test_email_has_exactly_the_configured_recipients_and_headers(delivery: Delivery) -> None:
+    config = EmailConfig(name="m", type="email", host="h", port=25, sender="n@example.com",
+                         to=("a@example.com", "b@example.com"))
+    raw = build_message(config, [delivery], UTC_ZONE, "Tue, 14 Nov 2023 00:00:00 +0000").as_bytes()
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert set(parsed.keys()) <= {"From", "To", "Date", "Message-ID", "Reply-To", "Subject", "Content-Type",
+                                  "MIME-Version"}
+    assert parsed["To"] == "a@example.com, b@example.com"
+    assert parsed["Cc"] is None and parsed["Bcc"] is None
+    html = parsed.get_body(("html",)).get_content()
+    assert "<script" not in html.lower() or "&lt;script" in html.lower()
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(deliveries)
+def test_console_output_has_no_terminal_escapes(delivery: Delivery) -> None:
+    for line in (render_text(delivery), render_json(delivery)):
+        assert "\n" not in line and "\r" not in line
+        assert not re.search(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e]", line)
