@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import aiohttp
@@ -23,12 +22,6 @@ def delivery(record: dict[str, object], chatbot: str = "sales") -> Delivery:
     base = {"Type": "Lead", "SessionID": 7, "CreateTime": "2025-06-01T12:00:00Z"}
     lead = parse_records("serial", [{**base, **record}]).leads[0]
     return Delivery(id=1, sink="mail", chatbot=chatbot, lead=lead, detected_at=datetime.now(UTC))
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def sink(http: aiohttp.ClientSession, box: Mailbox, **kwargs: object) -> EmailSink:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -44,12 +44,6 @@ class Case:
     delivered: Callable[[], int]
     fail: Callable[[str], None]  # "retryable" | "permanent": the next send fails that way
     secrets: tuple[str, ...]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture(params=["webhook", "slack-webhook", "slack-token", "email", "console"])

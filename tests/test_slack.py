@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import aiohttp
@@ -29,12 +28,6 @@ HOSTILE = {
 def delivery(record: dict[str, object] | None = None, chatbot: str = "sales") -> Delivery:
     lead = parse_records("serial", [record or HOSTILE]).leads[0]
     return Delivery(id=1, sink="slack", chatbot=chatbot, lead=lead, detected_at=datetime.now(UTC))
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def webhook_sink(http: aiohttp.ClientSession, slack: SlackStandIn, **kwargs: object) -> SlackSink:

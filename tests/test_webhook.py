@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import aiohttp
@@ -25,12 +24,6 @@ RECORD = {"Type": "Appointment", "Name": "test444", "Email": "test444@qq.com", "
 def delivery(record: dict[str, object] | None = None) -> Delivery:
     lead = parse_records("serial-1", [record or RECORD]).leads[0]
     return Delivery(id=1, sink="crm", chatbot="bookings", lead=lead, detected_at=DETECTED)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def sink(http: aiohttp.ClientSession, url: str, **kwargs: object) -> WebhookSink:
