@@ -38,6 +38,7 @@ class Dispatcher:
         self._per_sink: dict[str, int] = {}  # deliveries in flight per sink
         self._ready_at: dict[str, float] = {}  # loop time a paced sink may send again
         self._pace_wait: float | None = None  # a paced sink has due work after this many seconds
+        self._done: list[int] = []  # delivered, not yet marked done in the store
         self.delivered = 0
         self.failed = 0
 
@@ -57,6 +58,7 @@ class Dispatcher:
     def start_due(self) -> int:
         """Start as many due deliveries as concurrency and pacing allow; returns how many started.
         Each sink is asked separately, so a backlog on one paced sink never starves the others."""
+        self.flush()
         loop = asyncio.get_running_loop()
         now = self.clock().timestamp()
         started = 0
@@ -90,6 +92,19 @@ class Dispatcher:
                 free -= 1
         return started
 
+    def flush(self) -> None:
+        """Mark delivered rows done in one transaction per loop turn, not one per delivery. A
+        crash before this commit can only repeat those deliveries (same webhook-id)."""
+        if not self._done:
+            return
+        done, self._done = self._done, []
+        try:
+            self.store.mark_done(done, self.clock().timestamp())
+        except sqlite3.Error as exc:
+            log.error("state write failed after deliveries; they will be sent again", count=len(done),
+                      error=str(exc))
+        self._busy.difference_update(done)
+
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._wake.set()
@@ -117,6 +132,7 @@ class Dispatcher:
         """Deliver everything due now, waiting for each to finish (the `once` command)."""
         while True:
             started = self.start_due()
+            self.flush()
             if self._tasks:
                 await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
             elif self._pace_wait is not None:
@@ -128,8 +144,10 @@ class Dispatcher:
         """Let in-flight deliveries finish within `grace` seconds, then cancel the rest: they
         stay pending and are sent after the next start (the same webhook-id)."""
         if not self._tasks:
+            self.flush()
             return
         _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        self.flush()
         if pending:
             log.warning("deliveries still in flight at shutdown; left pending for the next start",
                         count=len(pending))
@@ -152,6 +170,7 @@ class Dispatcher:
         attempt = first.attempts + 1
         if sink.min_interval:  # paced from the moment the message really leaves, not when queued
             self._ready_at[first.sink] = asyncio.get_running_loop().time() + sink.min_interval
+        delivered = False
         try:
             if first.batch is None:
                 await sink.send(first)
@@ -169,12 +188,14 @@ class Dispatcher:
                                  retryable=True)
         else:
             self._count(first.sink, "delivered", len(group))
-            self.store.mark_done(ids, self.clock().timestamp())
+            self._done.extend(ids)  # committed by flush(); the ids stay busy until then
+            delivered = True
             self.delivered += len(group)
             log.info("delivered", sink=first.sink, chatbot=first.chatbot, webhook_id=first.webhook_id,
                      type=first.lead.type, attempt=attempt, leads=len(group))
         finally:
-            self._busy.difference_update(ids)
+            if not delivered:
+                self._busy.difference_update(ids)
             self._per_sink[first.sink] -= 1
 
     def _record_failure(self, group: Sequence[Delivery], attempt: int, reason: str, *,

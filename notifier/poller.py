@@ -195,11 +195,11 @@ class ChatbotPoller:
         delay = random.uniform(0, min(interval, 1.0)) if first_delay is None else first_delay
         next_at = loop.time() + delay
         while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_at - loop.time()))
+            # a plain sleep: the service cancels this task on stop, and a wait_for() on the
+            # stop event would cost a Task per poll
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            if stop.is_set():
                 return
-            except TimeoutError:
-                pass
             ok = await self.poll_logged()
             jitter = random.uniform(1 - JITTER, 1 + JITTER)
             if ok:

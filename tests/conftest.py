@@ -36,6 +36,12 @@ async def until(condition: Callable[[], Any], timeout: float = 10.0, what: str =
         await asyncio.sleep(0.01)
 
 
+def baselined(service: Any) -> bool:
+    """Every chatbot's first poll has *finished*. (`status.polls` counts a poll when it starts: a
+    lead added while the first poll is in flight is rightly baselined, never notified.)"""
+    return bool(service.pollers) and all(p.status.last_success is not None for p in service.pollers)
+
+
 def until_sync(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -18,7 +18,7 @@ from notifier.config import load_config
 from notifier.service import Service
 from notifier.simulator import Simulator
 
-from .conftest import SERIAL_A, SERIAL_B, Receiver, until, write_config
+from .conftest import SERIAL_A, SERIAL_B, Receiver, baselined, until, write_config
 
 FAULTS = {
     "http-500": {"status": 500, "body": b"Internal Server Error"},
@@ -42,7 +42,7 @@ async def test_vendor_fault_hurts_only_its_chatbot_and_loses_nothing(
     service = Service(config)
     task = asyncio.create_task(service.run(install_signals=False))
     try:
-        await until(lambda: service.pollers and all(p.status.polls >= 1 for p in service.pollers), what="baseline")
+        await until(lambda: baselined(service), what="baseline")
         sim.fail(serial=SERIAL_A, times=3, **FAULTS[fault])  # type: ignore[arg-type]
         a = [sim.add_lead(SERIAL_A) for _ in range(2)]
         b = sim.add_lead(SERIAL_B)
@@ -117,7 +117,7 @@ async def test_state_locked_by_another_process_fails_the_poll_not_the_daemon(
     service = Service(load_config(write_config(tmp_path, url, receiver.url)))
     task = asyncio.create_task(service.run(install_signals=False))
     try:
-        await until(lambda: service.pollers and all(p.status.polls >= 1 for p in service.pollers), what="baseline")
+        await until(lambda: baselined(service), what="baseline")
         assert service.store is not None
         service.store._db.execute("PRAGMA busy_timeout = 100")
         holder = sqlite3.connect(tmp_path / "state.db", isolation_level=None)

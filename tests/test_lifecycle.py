@@ -97,7 +97,8 @@ async def test_health_ready_and_metrics(simulator: tuple[Simulator, str], receiv
 
             await until(lambda: service._health is not None, what="http endpoint")
             assert (await get("/healthz"))[0] == 200
-            await until(lambda: all(p.status.polls >= 1 for p in service.pollers), what="first polls")
+            await until(lambda: all(p.status.last_success or p.status.failures for p in service.pollers),
+                        what="first polls finished")
             status, body = await get("/readyz")
             assert status == 503
             assert json.loads(body)["chatbots"] == [

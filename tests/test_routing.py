@@ -9,7 +9,7 @@ from notifier.config import load_config
 from notifier.service import Service
 from notifier.simulator import Simulator
 
-from .conftest import SERIAL_A, SERIAL_B, Mailbox, Receiver, SlackStandIn, until, write_config
+from .conftest import SERIAL_A, SERIAL_B, Mailbox, Receiver, SlackStandIn, baselined, until, write_config
 from .test_service import run_cli
 
 
@@ -47,7 +47,7 @@ async def test_types_and_sinks_combine(simulator: tuple[Simulator, str], receive
     config = load_config(write_config(tmp_path, url, sinks=sinks_toml(receiver, slack, mailbox), chatbots=chatbots))
     service = Service(config)
     task = asyncio.create_task(service.run(install_signals=False))
-    await until(lambda: service.pollers and all(p.status.polls >= 1 for p in service.pollers), what="baseline")
+    await until(lambda: baselined(service), what="baseline")
     sim.add_lead(SERIAL_A, type="Lead")
     sim.add_lead(SERIAL_A, type="Appointment", Name="Booker")
     sim.add_lead(SERIAL_B, type="Appointment")
@@ -68,7 +68,7 @@ async def test_a_burst_becomes_one_digest_for_slack_only(simulator: tuple[Simula
     config = load_config(write_config(tmp_path, url, sinks=sinks_toml(receiver, slack, mailbox), chatbots=chatbots))
     service = Service(config)
     task = asyncio.create_task(service.run(install_signals=False))
-    await until(lambda: service.pollers and service.pollers[0].status.polls >= 1, what="baseline")
+    await until(lambda: service.pollers and service.pollers[0].status.last_success is not None, what="baseline")
     for _ in range(5):
         sim.add_lead(SERIAL_A, type="Appointment")
     await until(lambda: len(receiver.accepted) == 5 and slack.messages, what="burst delivered")

@@ -15,7 +15,7 @@ from notifier.config import load_config
 from notifier.service import Service
 from notifier.simulator import Simulator
 
-from .conftest import API_KEY, SERIAL_A, SERIAL_B, WEBHOOK_SECRET, Receiver, until, write_config
+from .conftest import API_KEY, SERIAL_A, SERIAL_B, WEBHOOK_SECRET, Receiver, baselined, until, write_config
 
 
 async def test_daemon_delivers_each_new_lead_once(simulator: tuple[Simulator, str], receiver: Receiver,
@@ -44,7 +44,7 @@ async def test_one_failing_chatbot_does_not_stop_the_others(simulator: tuple[Sim
     sim, url = simulator
     service = Service(load_config(write_config(tmp_path, url, receiver.url)))
     task = asyncio.create_task(service.run(install_signals=False))
-    await until(lambda: service.pollers and all(p.status.polls >= 1 for p in service.pollers), what="baseline")
+    await until(lambda: baselined(service), what="baseline")
     sim.fail(serial=SERIAL_A, envelope={"Success": False, "Code": 500, "Message": "Database unavailable"},
              times=4)
     a = sim.add_lead(SERIAL_A)
