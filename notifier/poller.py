@@ -188,12 +188,11 @@ class ChatbotPoller:
             log.warning("CreateTime without timezone offset, read as UTC", chatbot=self.chatbot.name,
                         records=naive)
 
-    async def run(self, stop: asyncio.Event, *, first_delay: float | None = None) -> None:
+    async def run(self, stop: asyncio.Event) -> None:
         """Poll until `stop` is set. Never raises: every failure is logged and retried later."""
         loop = asyncio.get_running_loop()
         interval = self.chatbot.interval
-        delay = random.uniform(0, min(interval, 1.0)) if first_delay is None else first_delay
-        next_at = loop.time() + delay
+        next_at = loop.time() + random.uniform(0, min(interval, 1.0))  # spread the first polls
         while not stop.is_set():
             # a plain sleep: the service cancels this task on stop, and a wait_for() on the
             # stop event would cost a Task per poll

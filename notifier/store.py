@@ -243,10 +243,6 @@ class Store:
                 "WHERE serial = ?5 AND session_id = ?6 AND created_us = ?7", deliveries)
         return len(deliveries)
 
-    def set_coverage(self, serial: str, covered_from_us: int) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE chatbots SET covered_from_us = ? WHERE serial = ?", (covered_from_us, serial))
-
     def prune(self, serial: str, horizon_us: int) -> int:
         """Forget keys that no window can return any more; keys with pending or dead deliveries
         stay until those are settled. Coverage moves up to the horizon, which is what lets the

@@ -42,14 +42,6 @@ def baselined(service: Any) -> bool:
     return bool(service.pollers) and all(p.status.last_success is not None for p in service.pollers)
 
 
-def until_sync(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
 def verify_signature(secret: str, headers: Any, body: bytes) -> bool:
     """Standard Webhooks verification, written from the spec independently of notifier's signer."""
     key = base64.b64decode(secret.removeprefix("whsec_"))

@@ -21,14 +21,13 @@ if TYPE_CHECKING:
 class SinkType:
     parse: Callable[[str, Table], SinkConfig]
     create: Callable[[Any, SinkContext], Sink]
-    human: bool  # read by people (digests make sense), as opposed to machines
 
 
 SINK_TYPES: dict[str, SinkType] = {
-    "webhook": SinkType(WebhookConfig.from_table, WebhookSink, human=False),
-    "console": SinkType(ConsoleConfig.from_table, ConsoleSink, human=True),
-    "slack": SinkType(SlackConfig.from_table, SlackSink, human=True),
-    "email": SinkType(EmailConfig.from_table, EmailSink, human=True),
+    "webhook": SinkType(WebhookConfig.from_table, WebhookSink),
+    "console": SinkType(ConsoleConfig.from_table, ConsoleSink),
+    "slack": SinkType(SlackConfig.from_table, SlackSink),
+    "email": SinkType(EmailConfig.from_table, EmailSink),
 }
 
 
