@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
-import os
 from collections.abc import Sequence
 from datetime import UTC, datetime, time, timedelta
 from typing import IO, Any
@@ -17,29 +15,12 @@ from .config import Config
 from .exceptions import ConfigError
 from .leads import from_micros
 from .service import status_path
-from .sinks.base import safe_text
-from .store import OutboxRow, Store
+from .store import OutboxRow, SinkCounts, Store, lock_holder
+from .text import safe_text
 
 
 def open_store(config: Config) -> Store:
     return Store(config.state_path, lock=False, create=False)
-
-
-def daemon_pid(config: Config) -> int | None:
-    """The pid holding the state lock, or None when no daemon runs on this state."""
-    lock = config.state_path.with_name(config.state_path.name + ".lock")
-    try:
-        fd = os.open(lock, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        text = os.read(fd, 32).decode(errors="replace").strip()
-        return int(text) if text.isdigit() else -1
-    finally:
-        os.close(fd)
-    return None
 
 
 def status(config: Config, now: datetime) -> dict[str, Any]:
@@ -54,20 +35,24 @@ def status(config: Config, now: datetime) -> dict[str, Any]:
     live: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
         live = json.loads(status_path(config.state_path).read_text())
-    pid = daemon_pid(config)
+    pid = lock_holder(config.state_path)
     chatbots = []
     for chatbot in config.chatbots:
         info = live.get("chatbots", {}).get(chatbot.name, {})
-        result = "never polled" if chatbot.serial_number not in known and not info else (
-            "failing: " + str(info["last_error"]) if info.get("failures") else "ok" if info else "baselined")
+        if info.get("failures"):
+            result = f"failing: {info['last_error']}"
+        elif info:
+            result = "ok"
+        else:  # no live status: the state file still says whether it was ever polled
+            result = "baselined" if chatbot.serial_number in known else "never polled"
         chatbots.append({"name": chatbot.name, "serial_number": chatbot.serial_number,
                          "last_poll": info.get("last_poll"), "last_success": info.get("last_success"),
                          "result": result, "new_today": today.get(chatbot.serial_number, 0)})
-    sinks = [{"name": name, "pending": counts[name].pending if name in counts else 0,
-              "dead": counts[name].dead if name in counts else 0} for name in config.sinks]
-    for name in sorted(set(counts) - set(config.sinks)):
-        sinks.append({"name": name, "pending": counts[name].pending, "dead": counts[name].dead,
-                      "note": "not in the config"})
+    sinks: list[dict[str, Any]] = []
+    for name in [*config.sinks, *sorted(set(counts) - set(config.sinks))]:
+        count = counts.get(name, SinkCounts())
+        sinks.append({"name": name, "pending": count.pending, "dead": count.dead}
+                     | ({} if name in config.sinks else {"note": "not in the config"}))
     return {"daemon": {"running": pid is not None, "pid": pid, "status_written": live.get("written")},
             "chatbots": chatbots, "sinks": sinks}
 

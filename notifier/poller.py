@@ -74,6 +74,10 @@ class PollStatus:
         self.new_leads += count
         self.new_today += count
 
+    def leads_on(self, day: date) -> int:
+        """New leads counted on `day` (0 once the day has rolled over without a new lead)."""
+        return self.new_today if self.today == day else 0
+
 
 @dataclass(frozen=True, slots=True)
 class PollResult:

@@ -200,7 +200,7 @@ class Service:
         pending = sum(c.pending for c in self.store.sink_counts().values()) if self.store else 0
         polled = sum(1 for p in self.pollers if p.status.last_success is not None)
         today = self.clock().date()
-        leads = sum(p.status.new_today for p in self.pollers if p.status.today == today)
+        leads = sum(p.status.leads_on(today) for p in self.pollers)
         return f"{polled}/{len(self.pollers)} chatbots polled, {leads} leads today, {pending} deliveries pending"
 
     def _beat(self) -> str:
@@ -217,7 +217,7 @@ class Service:
                 "serial_number": poller.chatbot.serial_number, "polls": s.polls, "failures": s.failures,
                 "last_poll": s.last_poll.isoformat() if s.last_poll else None,
                 "last_success": s.last_success.isoformat() if s.last_success else None,
-                "last_error": s.last_error, "new_today": s.new_today if s.today == self.clock().date() else 0}
+                "last_error": s.last_error, "new_today": s.leads_on(self.clock().date())}
         path = status_path(self.config.state_path)
         with contextlib.suppress(OSError):
             tmp = path.with_name(path.name + ".tmp")

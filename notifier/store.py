@@ -157,16 +157,16 @@ class Store:
 
     def _lock(self) -> None:
         """One daemon per state file: a second would deliver everything twice."""
-        lock_path = self.path.with_name(self.path.name + ".lock")
+        path = lock_path(self.path)
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             self._db.close()
-            raise StateError(f"cannot create lock file {lock_path}: {exc.strerror or exc}") from None
+            raise StateError(f"cannot create lock file {path}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            holder = _read_pid(fd) or "unknown"
             os.close(fd)
             self._db.close()
             raise StateError(f"state file {self.path} is in use by another smarterbot-notifier "
@@ -360,6 +360,30 @@ class Store:
         if serial is None:
             return int(self._db.execute("SELECT count(*) FROM leads").fetchone()[0])
         return int(self._db.execute("SELECT count(*) FROM leads WHERE serial = ?", (serial,)).fetchone()[0])
+
+
+def lock_path(state_path: Path) -> Path:
+    return state_path.with_name(state_path.name + ".lock")
+
+
+def _read_pid(fd: int) -> str:
+    return os.pread(fd, 32, 0).decode(errors="replace").strip()
+
+
+def lock_holder(state_path: Path) -> int | None:
+    """The pid of the daemon holding this state's lock (-1 if unreadable), or None when none runs."""
+    try:
+        fd = os.open(lock_path(state_path), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = _read_pid(fd)
+        return int(pid) if pid.isdigit() else -1
+    finally:
+        os.close(fd)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
