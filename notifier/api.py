@@ -14,7 +14,7 @@ from asyncio_throttle.throttler import Throttler
 
 from .exceptions import ApiError
 from .leads import ParsedRecords, RecordError, parse_records
-from .sinks.base import safe_text
+from .text import safe_text
 
 LEADLIST_PATH = "/chat/Chatbot/LeadList"
 

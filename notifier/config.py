@@ -13,7 +13,6 @@ from typing import Literal
 
 from .exceptions import ConfigError
 from .sinks import SINK_TYPES, SinkConfig
-from .sinks.webhook import check_http_url
 from .tomlsource import LineIndex, Table
 
 FirstRun = Literal["baseline", "notify"]
@@ -127,7 +126,7 @@ def parse_config(text: str, source: str | None = None, env: Mapping[str, str] | 
 
 def _api(table: Table) -> ApiConfig:
     base_url = table.text("base_url", DEFAULT_BASE_URL).rstrip("/")
-    check_http_url(table, "base_url", base_url)
+    table.check_http_url("base_url", base_url)
     config = ApiConfig(
         base_url=base_url,
         api_key=table.secret("api_key"),

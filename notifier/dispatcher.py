@@ -14,8 +14,8 @@ import structlog
 from .config import DeliveryConfig
 from .exceptions import PermanentError, RetryableError
 from .metrics import Metrics
-from .sinks.base import safe_text
 from .store import Store
+from .text import safe_text
 from .types import Clock, Delivery, Sink
 
 log = structlog.get_logger("notifier.dispatcher")

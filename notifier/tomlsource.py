@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit
 
 from .exceptions import ConfigError
 
@@ -209,6 +210,16 @@ class Table:
         if inline:
             self.secrets.append(inline)
         return str(inline) if inline is not None else None
+
+    def check_http_url(self, key: str, url: str) -> None:
+        """Webhook, Slack and API URLs: http or https with a host, nothing else."""
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            raise self.error(key, f"is not a valid URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise self.error(key, "must be an http:// or https:// URL with a host")
 
     # -- nesting ------------------------------------------------------------------------
     def table(self, key: str, *, required: bool = False) -> Table:

@@ -3,7 +3,6 @@ small helpers for turning HTTP answers into Retryable/Permanent errors."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,7 +18,6 @@ if TYPE_CHECKING:
 
     from ..tomlsource import Table
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,11 +76,6 @@ class SinkBase:
     async def aclose(self) -> None:
         return None
 
-
-def safe_text(value: str, limit: int = 200) -> str:
-    """For logs and terminals: no control characters, no bidi overrides, bounded length."""
-    cleaned = _CONTROL.sub("\ufffd", value)
-    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
 
 
 def public_url(url: str) -> str:

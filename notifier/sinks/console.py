@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from ..text import safe_text
 from ..types import Delivery
-from .base import SinkBase, SinkConfig, SinkContext, safe_text
+from .base import SinkBase, SinkConfig, SinkContext
 from .webhook import webhook_payload
 
 if TYPE_CHECKING:

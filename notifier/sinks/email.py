@@ -18,8 +18,9 @@ import aiosmtplib
 import structlog
 
 from ..exceptions import PermanentError, RetryableError
+from ..text import safe_text
 from ..types import Delivery
-from .base import SinkBase, SinkConfig, SinkContext, safe_text
+from .base import SinkBase, SinkConfig, SinkContext
 from .render import label, load_timezone, local_time, one_line, plain, valid_email
 
 if TYPE_CHECKING:

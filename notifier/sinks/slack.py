@@ -17,8 +17,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from ..exceptions import PermanentError, RetryableError
+from ..text import safe_text
 from ..types import Delivery
-from .base import SinkBase, SinkConfig, SinkContext, parse_retry_after, safe_text
+from .base import SinkBase, SinkConfig, SinkContext, parse_retry_after
 from .render import label, load_timezone, local_time, mrkdwn, valid_email
 
 if TYPE_CHECKING:
@@ -45,8 +46,6 @@ class SlackConfig(SinkConfig):
 
     @classmethod
     def from_table(cls, name: str, table: Table) -> SlackConfig:
-        from .webhook import check_http_url
-
         webhook_url = table.secret("webhook_url")
         token = table.secret("token")
         channel = table.text("channel", None)
@@ -54,13 +53,13 @@ class SlackConfig(SinkConfig):
         if (webhook_url is None) == (token is None):
             raise table.error("webhook_url", "set either webhook_url (incoming webhook) or token + channel")
         if webhook_url is not None:
-            check_http_url(table, "webhook_url", webhook_url)
+            table.check_http_url("webhook_url", webhook_url)
             for key, value in (("channel", channel), ("base_url", table.raw("base_url"))):
                 if value is not None:
                     raise table.error(key, "only applies with token (an incoming webhook posts to its own channel)")
         if token is not None and not channel:
             raise table.error("channel", "is required with token (a channel ID such as C0123456789, or #name)")
-        check_http_url(table, "base_url", base_url)
+        table.check_http_url("base_url", base_url)
         zone = table.text("timezone", "UTC")
         try:
             load_timezone(zone)

@@ -10,13 +10,13 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
 from ..exceptions import PermanentError, RetryableError
+from ..text import safe_text
 from ..types import Delivery
-from .base import SinkBase, SinkConfig, SinkContext, parse_retry_after, public_url, raise_for_http, safe_text
+from .base import SinkBase, SinkConfig, SinkContext, parse_retry_after, public_url, raise_for_http
 
 if TYPE_CHECKING:
     from ..tomlsource import Table
@@ -36,7 +36,7 @@ class WebhookConfig(SinkConfig):
     @classmethod
     def from_table(cls, name: str, table: Table) -> WebhookConfig:
         url = table.text("url")
-        check_http_url(table, "url", url)
+        table.check_http_url("url", url)
         secret = table.secret("secret")
         if secret is not None:
             try:
@@ -52,16 +52,6 @@ class WebhookConfig(SinkConfig):
             table.secrets.append(value)  # custom headers usually carry tokens
         timeout = table.number("timeout", 10.0, minimum=0.1, maximum=300)
         return cls(**cls.common(name, table), url=url, secret=secret, headers=headers, timeout=timeout)
-
-
-def check_http_url(table: Table, key: str, url: str) -> None:
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        raise table.error(key, f"is not a valid URL: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise table.error(key, "must be an http:// or https:// URL with a host")
 
 
 def signing_key(secret: str) -> bytes:
