@@ -11,11 +11,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, time, timedelta
 from typing import IO, Any
 
+from . import history
 from .config import Config
 from .exceptions import ConfigError
+from .history import OutboxRow
 from .leads import from_micros
 from .service import status_path
-from .store import OutboxRow, SinkCounts, Store, lock_holder
+from .store import SinkCounts, Store, lock_holder
 from .text import safe_text
 
 
@@ -51,7 +53,7 @@ def status(config: Config, now: datetime) -> dict[str, Any]:
     sinks: list[dict[str, Any]] = []
     for name in [*config.sinks, *sorted(set(counts) - set(config.sinks))]:
         count = counts.get(name, SinkCounts())
-        sinks.append({"name": name, "pending": count.pending, "dead": count.dead}
+        sinks.append({"name": name, "pending": count.pending, "held": count.held, "dead": count.dead}
                      | ({} if name in config.sinks else {"note": "not in the config"}))
     return {"daemon": {"running": pid is not None, "pid": pid, "status_written": live.get("written")},
             "chatbots": chatbots, "sinks": sinks}
@@ -63,35 +65,39 @@ def print_status(data: dict[str, Any], out: IO[str]) -> None:
           + (f" (status of {daemon['status_written']})" if daemon["status_written"] else ""), file=out)
     rows = [("CHATBOT", "LAST POLL", "NEW TODAY", "RESULT")] + [
         (c["name"], c["last_poll"] or "-", str(c["new_today"]), safe_text(c["result"], 80)) for c in data["chatbots"]]
-    _table(rows, out)
+    table(rows, out)
     print(file=out)
-    _table([("SINK", "PENDING", "DEAD", "")] + [(s["name"], str(s["pending"]), str(s["dead"]), s.get("note", ""))
-                                                for s in data["sinks"]], out)
+    table([("SINK", "PENDING", "HELD", "DEAD", "")] + [
+        (s["name"], str(s["pending"]), str(s["held"]), str(s["dead"]), s.get("note", "")) for s in data["sinks"]], out)
+    if any(s["held"] for s in data["sinks"]):
+        print("\nheld by the flood guard: `outbox list --held` to see them, `outbox retry --held` to send them, "
+              "`outbox purge --held` to drop them", file=out)
 
 
-def _table(rows: Sequence[tuple[str, ...]], out: IO[str]) -> None:
+def table(rows: Sequence[tuple[str, ...]], out: IO[str]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out)
 
 
-def outbox_list(config: Config, out: IO[str], *, dead: bool, sink: str | None, as_json: bool) -> int:
-    _check_sink(config, sink)
+def outbox_list(config: Config, out: IO[str], *, state: history.Unsettled, sink: str | None,
+                as_json: bool) -> int:
+    check_sink(config, sink)
     store = open_store(config)
     try:
-        rows = store.outbox(dead=dead, sink=sink, limit=1000)
+        rows = history.outbox(store, state=state, sink=sink, limit=1000)
     finally:
         store.close()
     if as_json:
         print(json.dumps([_as_dict(row) for row in rows]), file=out)
         return len(rows)
-    table = [("ID", "SINK", "ATTEMPTS", "NEXT/LAST", "CHATBOT", "TYPE", "SESSION", "LAST ERROR")]
+    lines = [("ID", "SINK", "ATTEMPTS", "NEXT/LAST", "CHATBOT", "TYPE", "SESSION", "LAST ERROR")]
     for row in rows:
-        when = datetime.fromtimestamp(row.updated_at if dead else row.next_at, UTC).isoformat(timespec="seconds")
-        table.append((str(row.id), row.sink, str(row.attempts), when, row.chatbot, row.type, str(row.session_id),
-                      safe_text(row.last_error or "", 100)))
-    _table(table, out)
-    print(f"{len(rows)} {'dead' if dead else 'pending'} deliveries", file=out)
+        when = datetime.fromtimestamp(row.next_at if state == "pending" else row.updated_at, UTC)
+        lines.append((str(row.id), row.sink, str(row.attempts), when.isoformat(timespec="seconds"),
+                      safe_text(row.chatbot, 40), row.type, str(row.session_id), safe_text(row.last_error or "", 100)))
+    table(lines, out)
+    print(f"{len(rows)} {state} deliveries", file=out)
     return len(rows)
 
 
@@ -101,41 +107,40 @@ def _as_dict(row: OutboxRow) -> dict[str, Any]:
     return data
 
 
-def outbox_retry(config: Config, out: IO[str], *, ids: list[int], dead: bool, sink: str | None) -> int:
-    _check_sink(config, sink)
-    if not ids and not dead:
-        raise ConfigError("name delivery IDs, or --dead (optionally with --sink)")
+def outbox_retry(config: Config, out: IO[str], *, ids: list[int], state: history.Parked | None,
+                 sink: str | None) -> int:
+    check_sink(config, sink)
+    if not ids and state is None:
+        raise ConfigError("name delivery IDs, or --dead / --held (optionally with --sink)")
     store = open_store(config)
     try:
-        count = store.retry(datetime.now(UTC).timestamp(), ids=ids, all_dead=dead, dead_sink=sink)
+        count = history.requeue(store, datetime.now(UTC).timestamp(), ids=ids, state=state, sink=sink)
     finally:
         store.close()
     print(f"{count} deliveries are due again", file=out)
     return count
 
 
-def outbox_purge(config: Config, out: IO[str], *, older_than_days: float | None, sink: str | None) -> int:
-    _check_sink(config, sink)
+def outbox_purge(config: Config, out: IO[str], *, state: history.Parked, older_than_days: float | None,
+                 sink: str | None) -> int:
+    check_sink(config, sink)
     cutoff = None if older_than_days is None else (
         datetime.now(UTC) - timedelta(days=older_than_days)).timestamp()
     store = open_store(config)
     try:
-        count = store.purge_dead(cutoff, sink)
+        count = history.purge(store, state, cutoff, sink)
     finally:
         store.close()
-    print(f"{count} dead letters purged (their leads stay seen and are not notified again)", file=out)
+    what = "dead letters" if state == "dead" else "held deliveries"
+    print(f"{count} {what} purged (their leads stay seen and are not notified again)", file=out)
     return count
 
 
 def state_forget(config: Config, out: IO[str], chatbot: str) -> int:
     store = open_store(config)
     try:
-        known = store.chatbots()
-        configured = config.chatbot(chatbot)
-        serial = configured.serial_number if configured else next(
-            (s for s, name in known.items() if chatbot in (s, name)), None)
-        if serial is None:
-            raise ConfigError(f"no chatbot {chatbot!r} in the config or the state file")
+        serial = resolve_chatbot(config, store.chatbots(), chatbot)
+        assert serial is not None
         count = store.forget(serial)
     finally:
         store.close()
@@ -144,6 +149,19 @@ def state_forget(config: Config, out: IO[str], chatbot: str) -> int:
     return count
 
 
-def _check_sink(config: Config, sink: str | None) -> None:
+def resolve_chatbot(config: Config, known: dict[str, str], name: str | None) -> str | None:
+    """A chatbot named by config name, serial, or (for one no longer configured) its stored name."""
+    if name is None:
+        return None
+    configured = config.chatbot(name)
+    if configured is not None:
+        return configured.serial_number
+    serial = next((s for s, stored in known.items() if name in (s, stored)), None)
+    if serial is None:
+        raise ConfigError(f"no chatbot {name!r} in the config or the state file")
+    return serial
+
+
+def check_sink(config: Config, sink: str | None) -> None:
     if sink is not None and sink not in config.sinks:
         raise ConfigError(f"no sink named {sink!r} (configured: {', '.join(sorted(config.sinks))})")

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 
 from . import logs
 from ._version import __version__
@@ -39,18 +40,35 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     outbox = sub.add_parser("outbox", help="list, retry or purge deliveries").add_subparsers(
         dest="action", required=True, metavar="ACTION")
-    listing = outbox.add_parser("list", parents=[common], help="pending (or --dead) deliveries")
-    listing.add_argument("--dead", action="store_true")
+    listing = outbox.add_parser("list", parents=[common], help="pending (or --held, --dead) deliveries")
+    _parked(listing, required=False)
     listing.add_argument("--sink", metavar="NAME")
     listing.add_argument("--json", action="store_true")
-    retry = outbox.add_parser("retry", parents=[common], help="make deliveries due again")
+    retry = outbox.add_parser("retry", parents=[common], help="make deliveries due again (releases held ones)")
     retry.add_argument("ids", nargs="*", type=int, metavar="ID")
-    retry.add_argument("--dead", action="store_true", help="every dead letter (of --sink)")
+    _parked(retry, required=False, what="every {} delivery (of --sink)")
     retry.add_argument("--sink", metavar="NAME")
-    purge = outbox.add_parser("purge", parents=[common], help="drop dead letters")
-    purge.add_argument("--dead", action="store_true", required=True)
+    purge = outbox.add_parser("purge", parents=[common], help="drop dead letters or held deliveries")
+    _parked(purge, required=True)
     purge.add_argument("--older-than", type=float, metavar="DAYS")
     purge.add_argument("--sink", metavar="NAME")
+    leads = sub.add_parser("leads", parents=[common], help="recent leads and who was told; `leads show SESSIONID`",
+                           usage="%(prog)s [--chatbot NAME] [--since DATE] [--session ID] [--limit N] [--json]\n"
+                                 "       %(prog)s show SESSIONID [--json]")
+    leads.add_argument("action", nargs="?", choices=["show"], help="show one lead's whole story")
+    leads.add_argument("session_id", nargs="?", type=int, metavar="SESSIONID")
+    leads.add_argument("--chatbot", metavar="NAME", help="name or serial number")
+    leads.add_argument("--since", type=_since, metavar="DATE", help="CreateTime from: YYYY-MM-DD, ISO time, or 7d/12h")
+    leads.add_argument("--session", type=int, metavar="ID")
+    leads.add_argument("--limit", type=int, default=50, metavar="N")
+    leads.add_argument("--json", action="store_true")
+    replay = sub.add_parser("replay", parents=[common], help="send already-notified leads to a sink again")
+    replay.add_argument("--sink", required=True, metavar="NAME")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("--session", type=int, metavar="ID")
+    which.add_argument("--since", type=_since, metavar="DATE", help="CreateTime from: YYYY-MM-DD, ISO time, or 7d")
+    replay.add_argument("--chatbot", metavar="NAME", help="only this chatbot's leads")
+    replay.add_argument("--dry-run", action="store_true", help="list what would be sent, change nothing")
     state = sub.add_parser("state", help="state file maintenance").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     forget = state.add_parser("forget", parents=[common], help="drop a chatbot's seen leads: baseline it again")
@@ -63,6 +81,21 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--every", type=float, default=5.0, metavar="SECONDS", help="a new lead this often")
     sim.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
     return parser
+
+
+def _parked(parser: argparse.ArgumentParser, *, required: bool, what: str = "{} deliveries") -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--dead", dest="parked", action="store_const", const="dead", help=what.format("dead"))
+    group.add_argument("--held", dest="parked", action="store_const", const="held",
+                       help=what.format("held") + " (held by the flood guard)")
+
+
+def _since(value: str) -> datetime:
+    from .ledger import parse_since
+    try:
+        return parse_since(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -102,8 +135,13 @@ async def _dispatch(args: argparse.Namespace) -> int:
         for name in failed:
             print(f"smarterbot-notifier: poll failed for chatbot {name!r} (see the log above)", file=sys.stderr)
         return EXIT_FAILED if failed else EXIT_OK
-    if command in ("status", "outbox", "state"):
+    if command in ("status", "outbox", "state", "leads"):
         return _admin(args)
+    if command == "replay":
+        from .replay import replay
+        await replay(_load(args), sys.stdout, sink=args.sink, session=args.session, since=args.since,
+                     chatbot=args.chatbot, dry_run=args.dry_run)
+        return EXIT_OK
     if command == "test-sink":
         from .sample import send_sample
         return EXIT_OK if await send_sample(_load(args), args.name) else EXIT_FAILED
@@ -133,12 +171,30 @@ def _admin(args: argparse.Namespace) -> int:
     if args.command == "state":
         admin.state_forget(config, out, args.chatbot)
         return EXIT_OK
+    if args.command == "leads":
+        return _leads(config, args)
     if args.action == "list":
-        admin.outbox_list(config, out, dead=args.dead, sink=args.sink, as_json=args.json)
+        admin.outbox_list(config, out, state=args.parked or "pending", sink=args.sink, as_json=args.json)
     elif args.action == "retry":
-        admin.outbox_retry(config, out, ids=args.ids, dead=args.dead, sink=args.sink)
+        admin.outbox_retry(config, out, ids=args.ids, state=args.parked, sink=args.sink)
     else:
-        admin.outbox_purge(config, out, older_than_days=args.older_than, sink=args.sink)
+        admin.outbox_purge(config, out, state=args.parked, older_than_days=args.older_than, sink=args.sink)
+    return EXIT_OK
+
+
+def _leads(config: Config, args: argparse.Namespace) -> int:
+    from . import ledger
+
+    if args.action == "show":
+        session = args.session_id if args.session_id is not None else args.session
+        if session is None:
+            raise ConfigError("leads show needs a SESSIONID")
+        ledger.show_lead(config, sys.stdout, session, as_json=args.json)
+    elif args.session_id is not None:
+        raise ConfigError(f"unexpected {args.session_id}: did you mean `leads show {args.session_id}`?")
+    else:
+        ledger.list_leads(config, sys.stdout, chatbot=args.chatbot, since=args.since, session=args.session,
+                          limit=max(1, args.limit), as_json=args.json)
     return EXIT_OK
 
 

@@ -36,6 +36,7 @@ class PollConfig:
     interval: float = 60.0
     lookback_days: int = 2
     first_run: FirstRun = "baseline"
+    flood_threshold: int = 50  # more new leads than this in one poll: the flood guard fires
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class ChatbotConfig:
     first_run: FirstRun
     api_key: str = field(repr=False)
     sinks: tuple[str, ...]
+    flood_threshold: int = 50
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class Config:
     sinks: Mapping[str, SinkConfig]
     delivery: DeliveryConfig
     http: HttpConfig | None = None
+    ledger_days: int = 30  # how long the delivery ledger (and the leads it tells of) is kept
     source: str | None = None
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
 
@@ -113,6 +116,7 @@ def parse_config(text: str, source: str | None = None, env: Mapping[str, str] | 
     api = _api(root.table("api"))
     state = root.table("state")
     state_path = Path(state.text("path", str(default_state_path(env))))
+    ledger_days = state.number("ledger_days", 30, minimum=0, maximum=3650, integer=True)
     state.finish()
     poll = _poll(root.table("poll"), PollConfig())
     delivery = _delivery(root.table("delivery"))
@@ -121,7 +125,7 @@ def parse_config(text: str, source: str | None = None, env: Mapping[str, str] | 
     chatbots = _chatbots(root, api, poll, sinks)
     root.finish()
     return Config(api=api, state_path=state_path, poll=poll, chatbots=chatbots, sinks=sinks,
-                  delivery=delivery, http=http, source=source, secrets=frozenset(root.secrets))
+                  delivery=delivery, http=http, ledger_days=ledger_days, source=source, secrets=frozenset(root.secrets))
 
 
 def _api(table: Table) -> ApiConfig:
@@ -145,6 +149,8 @@ def _poll(table: Table, defaults: PollConfig, *, finish: bool = True) -> PollCon
         lookback_days=table.number("lookback_days", defaults.lookback_days, minimum=1, maximum=366,
                                    integer=True),
         first_run=table.text("first_run", defaults.first_run, choices=("baseline", "notify")),
+        flood_threshold=table.number("flood_threshold", defaults.flood_threshold, minimum=1, maximum=1_000_000,
+                                     integer=True),
     )
     if finish:
         table.finish()
@@ -226,5 +232,5 @@ def _chatbots(root: Table, api: ApiConfig, poll: PollConfig,
         table.finish()
         chatbots.append(ChatbotConfig(name=name, serial_number=serial, interval=own.interval,
                                       lookback_days=own.lookback_days, first_run=own.first_run,
-                                      api_key=api_key, sinks=chosen))
+                                      api_key=api_key, sinks=chosen, flood_threshold=own.flood_threshold))
     return tuple(chatbots)

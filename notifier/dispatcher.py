@@ -14,6 +14,7 @@ import structlog
 from .config import DeliveryConfig
 from .exceptions import PermanentError, RetryableError
 from .metrics import Metrics
+from .redact import scrub
 from .store import Store
 from .text import safe_text
 from .types import Clock, Delivery, Sink
@@ -38,7 +39,7 @@ class Dispatcher:
         self._per_sink: dict[str, int] = {}  # deliveries in flight per sink
         self._ready_at: dict[str, float] = {}  # loop time a paced sink may send again
         self._pace_wait: float | None = None  # a paced sink has due work after this many seconds
-        self._done: list[int] = []  # delivered, not yet marked done in the store
+        self._done: list[tuple[int, str | None]] = []  # delivered (id, receipt), not yet marked done
         self.delivered = 0
         self.failed = 0
 
@@ -103,7 +104,7 @@ class Dispatcher:
         except sqlite3.Error as exc:
             log.error("state write failed after deliveries; they will be sent again", count=len(done),
                       error=str(exc))
-        self._busy.difference_update(done)
+        self._busy.difference_update(i for i, _ in done)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -173,22 +174,23 @@ class Dispatcher:
         delivered = False
         try:
             if first.batch is None:
-                await sink.send(first)
+                receipt = await sink.send(first)
             else:
-                await sink.send_digest(group)
+                receipt = await sink.send_digest(group)
         except asyncio.CancelledError:
             raise
         except PermanentError as exc:
-            self._record_failure(group, attempt, exc.reason, retryable=False)
+            self._record_failure(group, attempt, exc.reason, retryable=False, status=exc.status)
         except RetryableError as exc:
-            self._record_failure(group, attempt, exc.reason, retryable=True, retry_after=exc.retry_after)
+            self._record_failure(group, attempt, exc.reason, retryable=True, retry_after=exc.retry_after,
+                                 status=exc.status)
         except Exception as exc:  # a sink bug: keep the lead, retry, and say so loudly
             log.exception("sink raised an unexpected error", sink=first.sink)
             self._record_failure(group, attempt, f"internal error: {type(exc).__name__}: {exc}",
                                  retryable=True)
         else:
             self._count(first.sink, "delivered", len(group))
-            self._done.extend(ids)  # committed by flush(); the ids stay busy until then
+            self._done.extend((i, receipt) for i in ids)  # committed by flush(); the ids stay busy until then
             delivered = True
             self.delivered += len(group)
             log.info("delivered", sink=first.sink, chatbot=first.chatbot, webhook_id=first.webhook_id,
@@ -199,24 +201,25 @@ class Dispatcher:
             self._per_sink[first.sink] -= 1
 
     def _record_failure(self, group: Sequence[Delivery], attempt: int, reason: str, *,
-                        retryable: bool, retry_after: float | None = None) -> None:
+                        retryable: bool, retry_after: float | None = None, status: int | str | None = None) -> None:
         first = group[0]
         ids = [d.id for d in group]
-        reason = safe_text(reason, 500)
+        reason = scrub(safe_text(reason, 500), (d.lead for d in group))  # receivers may echo the lead back
+        code = None if status is None else str(status)
         now = self.clock().timestamp()
         self.failed += 1
         fields = {"sink": first.sink, "chatbot": first.chatbot, "webhook_id": first.webhook_id,
                   "attempt": attempt, "reason": reason, "leads": len(group)}
         self._count(first.sink, "retry" if retryable and attempt < self.config.max_attempts else "dead", len(group))
         if not retryable:
-            self.store.mark_dead(ids, now, f"permanent: {reason}")
+            self.store.mark_dead(ids, now, f"permanent: {reason}", code)
             log.error("delivery failed permanently; moved to dead letters", **fields)
         elif attempt >= self.config.max_attempts:
-            self.store.mark_dead(ids, now, f"gave up after {attempt} attempts: {reason}")
+            self.store.mark_dead(ids, now, f"gave up after {attempt} attempts: {reason}", code)
             log.error("delivery gave up; moved to dead letters", **fields)
         else:
             delay = self.backoff(attempt, retry_after)
-            self.store.mark_retry(ids, now, now + delay, reason)
+            self.store.mark_retry(ids, now, now + delay, reason, code)
             log.warning("delivery failed; will retry", retry_in=round(delay, 1), **fields)
 
     def _count(self, sink: str, outcome: str, n: int) -> None:

@@ -98,6 +98,7 @@ class ChatbotPoller:
     clock: Clock
     on_queued: Callable[[], None] = lambda: None
     metrics: Metrics | None = None
+    ledger_days: int = 30
     status: PollStatus = field(default_factory=PollStatus)
     _digest: bytes | None = None
     _warned: set[str] = field(default_factory=set)
@@ -145,14 +146,18 @@ class ChatbotPoller:
                 notify.append((lead, self.routes(lead)))
         queued = 0
         if notify or silent or coverage is None or coverage > window.horizon_us:
+            batches, held = self._plan(notify)
             queued = self.store.record_poll(serial=serial, chatbot=chatbot.name,
                                             covered_from_us=window.horizon_us, detected_at=now,
-                                            notify=notify, silent=silent, batches=self._digests(notify))
+                                            notify=notify, silent=silent, batches=batches, held=held,
+                                            held_reason=f"flood guard: {len(notify)} new leads in one poll "
+                                            f"(flood_threshold {chatbot.flood_threshold})")
             if coverage is None:
                 log.info("chatbot baselined", chatbot=chatbot.name, existing=len(silent) + len(notify),
                          first_run=chatbot.first_run)
         elif coverage < window.horizon_us:
-            pruned = self.store.prune(serial, window.horizon_us)
+            pruned = self.store.prune(serial, window.horizon_us,
+                                      ledger_before=now.timestamp() - self.ledger_days * 86_400)
             log.debug("pruned seen keys", chatbot=chatbot.name, pruned=pruned)
         if notify:
             log.info("new leads", chatbot=chatbot.name, count=len(notify), queued=queued,
@@ -165,20 +170,35 @@ class ChatbotPoller:
             self.on_queued()
         return len(notify), len(silent), queued
 
-    def _digests(self, notify: list[tuple[Lead, tuple[str, ...]]]) -> set[str]:
-        """Sinks that get one summary for this poll: more new leads than their digest_after."""
+    def _plan(self, notify: list[tuple[Lead, tuple[str, ...]]]) -> tuple[set[str], set[str]]:
+        """Which sinks get this poll's leads as one summary (`batches`) and which keep them for an
+        operator (`held`). The flood guard decides first, by each sink's `on_flood`; otherwise a
+        sink's own `digest_after` does."""
         counts: dict[str, int] = {}
         for _, sinks in notify:
             for sink in sinks:
                 counts[sink] = counts.get(sink, 0) + 1
-        digests = set()
+        flood = len(notify) > self.chatbot.flood_threshold
+        batches: set[str] = set()
+        held: set[str] = set()
         for sink, count in counts.items():
-            limit = self.sinks[sink].digest_after
-            if limit is not None and count > limit:
-                digests.add(sink)
+            config = self.sinks[sink]
+            action = config.on_flood if flood else "deliver"
+            if action == "hold":
+                held.add(sink)
+            if action == "digest" or (action == "hold" and config.human):  # released later as one summary
+                batches.add(sink)
+            elif action == "deliver" and config.digest_after is not None and count > config.digest_after:
+                batches.add(sink)
                 log.info("sending a digest instead of single messages", chatbot=self.chatbot.name, sink=sink,
-                         leads=count, digest_after=limit)
-        return digests
+                         leads=count, digest_after=config.digest_after)
+        if flood:
+            actions = {s: self.sinks[s].on_flood for s in sorted(counts)}
+            log.warning("flood guard fired: too many new leads in one poll (a lost or restored state file "
+                        "looks like this)", chatbot=self.chatbot.name, leads=len(notify),
+                        flood_threshold=self.chatbot.flood_threshold, sinks=actions,
+                        release="smarterbot-notifier outbox retry --held" if held else None)
+        return batches, held
 
     def _warn_skipped(self, skipped: list[tuple[int, str]], naive: int) -> None:
         for index, reason in skipped:

@@ -87,7 +87,8 @@ class Service:
         pollers = []
         for chatbot in config.chatbots:
             poller = ChatbotPoller(chatbot=chatbot, client=client, store=self.store, sinks=config.sinks,
-                                   clock=self.clock, on_queued=self.dispatcher.wake, metrics=self.metrics)
+                                   clock=self.clock, on_queued=self.dispatcher.wake, metrics=self.metrics,
+                                   ledger_days=config.ledger_days)
             old = keep.get(chatbot.serial_number)
             if old is not None:  # keep what we know about a chatbot across a reload
                 poller.status = old.status

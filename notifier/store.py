@@ -18,57 +18,20 @@ import os
 import sqlite3
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .exceptions import StateError
 from .leads import lead_from_stored
+from .schema import APPLICATION_ID, SCHEMA_VERSION, migrate
 from .types import Delivery, Lead, LeadKey
-
-APPLICATION_ID = 0x53424E31  # "SBN1"
-SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE chatbots (
-    serial TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    covered_from_us INTEGER NOT NULL,
-    first_seen REAL NOT NULL
-);
-CREATE TABLE leads (
-    id INTEGER PRIMARY KEY,
-    serial TEXT NOT NULL,
-    session_id INTEGER NOT NULL,
-    created_us INTEGER NOT NULL,
-    chatbot TEXT NOT NULL,
-    type TEXT NOT NULL,
-    raw TEXT NOT NULL,
-    detected_at TEXT NOT NULL,
-    notified INTEGER NOT NULL,
-    UNIQUE (serial, session_id, created_us)
-);
-CREATE INDEX leads_by_time ON leads (serial, created_us);
-CREATE TABLE outbox (
-    id INTEGER PRIMARY KEY,
-    lead_id INTEGER NOT NULL REFERENCES leads (id) ON DELETE CASCADE,
-    sink TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('pending', 'done', 'dead')),
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_at REAL NOT NULL,
-    last_error TEXT,
-    batch INTEGER,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    UNIQUE (lead_id, sink)
-);
-CREATE INDEX outbox_due ON outbox (next_at) WHERE state = 'pending';
-CREATE INDEX outbox_by_sink ON outbox (sink, state);
-"""
 
 
 @dataclass(frozen=True, slots=True)
 class SinkCounts:
     pending: int = 0
+    held: int = 0
     dead: int = 0
     done: int = 0
 
@@ -111,7 +74,7 @@ class Store:
             if db.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
                 raise StateError(f"state file {path}: cannot switch to WAL mode")
             db.execute("PRAGMA synchronous = NORMAL")
-            self._migrate(db)
+            migrate(db)
         except sqlite3.Error as exc:
             db.close()
             raise StateError(f"state file {path} cannot be used: {exc}") from None
@@ -140,21 +103,6 @@ class Store:
             raise StateError(f"state file {path} was written by a newer smarterbot-notifier "
                              f"(schema {version} > {SCHEMA_VERSION})")
 
-    def _migrate(self, db: sqlite3.Connection) -> None:
-        if db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
-            return
-        db.execute("BEGIN IMMEDIATE")
-        try:  # statement by statement: executescript() would commit half-way
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-
     def _lock(self) -> None:
         """One daemon per state file: a second would deliver everything twice."""
         path = lock_path(self.path)
@@ -182,8 +130,13 @@ class Store:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        """For read queries of the operator commands (history.py)."""
+        return self._db
+
     @contextlib.contextmanager
-    def _tx(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+    def transaction(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
         db = self._db
         if durable:
             db.execute("PRAGMA synchronous = FULL")
@@ -213,13 +166,13 @@ class Store:
 
     def record_poll(self, *, serial: str, chatbot: str, covered_from_us: int, detected_at: datetime,
                     notify: Sequence[tuple[Lead, Collection[str]]], silent: Sequence[Lead],
-                    batches: Collection[str] = ()) -> int:
-        """Seen keys and their pending deliveries, in one durable transaction. Returns the
-        number of deliveries queued. `batches` names sinks whose deliveries of this poll form
-        one digest."""
+                    batches: Collection[str] = (), held: Collection[str] = (), held_reason: str = "") -> int:
+        """Seen keys and their deliveries, in one durable transaction. Returns the number of
+        deliveries queued. `batches` names sinks whose deliveries of this poll form one digest;
+        `held` names sinks whose deliveries wait for an operator (`outbox retry --held`)."""
         now = detected_at.timestamp()
         detected = detected_at.isoformat()
-        with self._tx(durable=bool(notify)) as db:
+        with self.transaction(durable=bool(notify)) as db:
             db.execute(
                 "INSERT INTO chatbots (serial, name, covered_from_us, first_seen) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (serial) DO UPDATE SET name = excluded.name, "
@@ -234,24 +187,34 @@ class Store:
                 "detected_at, notified) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             batch_id = (db.execute("SELECT coalesce(max(batch), 0) + 1 FROM outbox").fetchone()[0]
                         if batches else None)
-            deliveries = [(None if sink not in batches else batch_id, now, now, now,
+            deliveries = [(None if sink not in batches else batch_id, now, "held" if sink in held else "pending",
                            serial, lead.key.session_id, lead.key.created_us, sink)
                           for lead, sinks in notify for sink in sinks]
             db.executemany(
                 "INSERT OR IGNORE INTO outbox (lead_id, sink, state, next_at, batch, created_at, updated_at) "
-                "SELECT id, ?8, 'pending', ?2, ?1, ?3, ?4 FROM leads "
-                "WHERE serial = ?5 AND session_id = ?6 AND created_us = ?7", deliveries)
+                "SELECT id, ?7, ?3, ?2, ?1, ?2, ?2 FROM leads "
+                "WHERE serial = ?4 AND session_id = ?5 AND created_us = ?6", deliveries)
+            if held:  # the ledger says why these wait
+                db.executemany(
+                    "INSERT INTO attempts (lead_id, sink, at, attempt, outcome, detail) "
+                    "SELECT id, ?4, ?5, 0, 'held', ?6 FROM leads "
+                    "WHERE serial = ?1 AND session_id = ?2 AND created_us = ?3",
+                    [(*d[3:7], now, _cut(held_reason, 500)) for d in deliveries if d[2] == "held"])
         return len(deliveries)
 
-    def prune(self, serial: str, horizon_us: int) -> int:
-        """Forget keys that no window can return any more; keys with pending or dead deliveries
-        stay until those are settled. Coverage moves up to the horizon, which is what lets the
-        poller ignore records older than it."""
-        with self._tx() as db:
+    def prune(self, serial: str, horizon_us: int, ledger_before: float | None = None) -> int:
+        """Forget keys that no window can return any more; keys with pending, held or dead
+        deliveries stay until those are settled, and keys detected after `ledger_before` stay for
+        the delivery ledger. Attempts older than `ledger_before` go too. Coverage moves up to the
+        horizon, which is what lets the poller ignore records older than it."""
+        kept_since = "9999" if ledger_before is None else datetime.fromtimestamp(ledger_before, UTC).isoformat()
+        with self.transaction() as db:
             cursor = db.execute(
-                "DELETE FROM leads WHERE serial = ? AND created_us < ? AND NOT EXISTS ("
+                "DELETE FROM leads WHERE serial = ? AND created_us < ? AND detected_at < ? AND NOT EXISTS ("
                 "SELECT 1 FROM outbox WHERE outbox.lead_id = leads.id AND outbox.state != 'done')",
-                (serial, horizon_us))
+                (serial, horizon_us, kept_since))
+            if ledger_before is not None:
+                db.execute("DELETE FROM attempts WHERE at < ?", (ledger_before,))
             db.execute("UPDATE chatbots SET covered_from_us = max(covered_from_us, ?) WHERE serial = ?",
                        (horizon_us, serial))
             return cursor.rowcount
@@ -259,7 +222,7 @@ class Store:
     def forget(self, serial: str) -> int:
         """Drop a chatbot's seen keys and coverage so its next poll is a first run again.
         Leads with unsettled deliveries are kept so nothing pending is lost."""
-        with self._tx() as db:
+        with self.transaction() as db:
             db.execute("DELETE FROM chatbots WHERE serial = ?", (serial,))
             return db.execute(
                 "DELETE FROM leads WHERE serial = ? AND NOT EXISTS (SELECT 1 FROM outbox "
@@ -296,20 +259,34 @@ class Store:
             f"AND sink IN ({marks})", (after, *sinks)).fetchone()
         return None if row[0] is None else float(row[0])
 
-    def mark_done(self, ids: Sequence[int], now: float) -> None:
-        with self._tx() as db:
+    def mark_done(self, receipts: Sequence[tuple[int, str | None]], now: float) -> None:
+        """`receipts`: (outbox id, what the receiver answered, e.g. "HTTP 200" or an SMTP reply)."""
+        with self.transaction() as db:
             db.executemany("UPDATE outbox SET state = 'done', attempts = attempts + 1, last_error = NULL, "
-                           "updated_at = ? WHERE id = ?", [(now, i) for i in ids])
+                           "updated_at = ? WHERE id = ?", [(now, i) for i, _ in receipts])
+            self._ledger(db, [(i, now, "delivered", receipt, None) for i, receipt in receipts])
 
-    def mark_retry(self, ids: Sequence[int], now: float, next_at: float, error: str) -> None:
-        with self._tx() as db:
+    def mark_retry(self, ids: Sequence[int], now: float, next_at: float, error: str,
+                   status: str | None = None) -> None:
+        with self.transaction() as db:
             db.executemany("UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ?, "
                            "updated_at = ? WHERE id = ?", [(next_at, error, now, i) for i in ids])
+            self._ledger(db, [(i, now, "retry", status, error) for i in ids])
 
-    def mark_dead(self, ids: Sequence[int], now: float, error: str) -> None:
-        with self._tx() as db:
+    def mark_dead(self, ids: Sequence[int], now: float, error: str, status: str | None = None) -> None:
+        with self.transaction() as db:
             db.executemany("UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?, "
                            "updated_at = ? WHERE id = ?", [(error, now, i) for i in ids])
+            self._ledger(db, [(i, now, "dead", status, error) for i in ids])
+
+    @staticmethod
+    def _ledger(db: sqlite3.Connection, rows: Sequence[tuple[int, float, str, str | None, str | None]]) -> None:
+        """One ledger line per outbox row: (id, when, outcome, status, detail). The attempt
+        number is the row's count after the update (0 for operator actions)."""
+        db.executemany(
+            "INSERT INTO attempts (lead_id, sink, at, attempt, outcome, status, detail) "
+            "SELECT lead_id, sink, ?2, attempts, ?3, ?4, ?5 FROM outbox WHERE id = ?1",
+            [(i, at, outcome, _cut(status, 200), _cut(detail, 500)) for i, at, outcome, status, detail in rows])
 
     def sink_counts(self) -> dict[str, SinkCounts]:
         counts: dict[str, dict[str, int]] = {}
@@ -317,36 +294,7 @@ class Store:
             counts.setdefault(sink, {})[state] = n
         return {sink: SinkCounts(**c) for sink, c in counts.items()}
 
-    # -- administration -----------------------------------------------------------------
-    def outbox(self, *, dead: bool = False, sink: str | None = None, limit: int = 100) -> list[OutboxRow]:
-        """Unsettled deliveries (pending, or dead with `dead`), oldest first."""
-        rows = self._db.execute(
-            "SELECT o.id, o.sink, o.state, o.attempts, o.next_at, o.updated_at, o.last_error, l.chatbot, l.type, "
-            "l.session_id, l.created_us FROM outbox o JOIN leads l ON l.id = o.lead_id "
-            "WHERE o.state = ? AND (?2 IS NULL OR o.sink = ?2) ORDER BY o.id LIMIT ?3",
-            ("dead" if dead else "pending", sink, limit)).fetchall()
-        return [OutboxRow(*row) for row in rows]
-
-    def retry(self, now: float, *, ids: Sequence[int] = (), dead_sink: str | None = None,
-              all_dead: bool = False) -> int:
-        """Make deliveries due now with a fresh attempt budget: the named ids (pending or dead),
-        or every dead one (of one sink)."""
-        with self._tx() as db:
-            if ids:
-                return sum(db.execute("UPDATE outbox SET state = 'pending', attempts = 0, next_at = ?, "
-                                      "updated_at = ? WHERE id = ? AND state != 'done'", (now, now, i)).rowcount
-                           for i in ids)
-            if not all_dead:
-                return 0
-            return db.execute("UPDATE outbox SET state = 'pending', attempts = 0, next_at = ?, updated_at = ? "
-                              "WHERE state = 'dead' AND (?3 IS NULL OR sink = ?3)", (now, now, dead_sink)).rowcount
-
-    def purge_dead(self, older_than: float | None, sink: str | None = None) -> int:
-        """Drop dead letters. Their seen keys stay, so the leads are not notified again."""
-        with self._tx() as db:
-            return db.execute("DELETE FROM outbox WHERE state = 'dead' AND (?1 IS NULL OR updated_at < ?1) "
-                              "AND (?2 IS NULL OR sink = ?2)", (older_than, sink)).rowcount
-
+    # -- administration (more in history.py) -----------------------------------------
     def chatbots(self) -> dict[str, str]:
         """serial -> name of every chatbot the state knows."""
         return dict(self._db.execute("SELECT serial, name FROM chatbots").fetchall())
@@ -386,24 +334,13 @@ def lock_holder(state_path: Path) -> int | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    id: int
-    sink: str
-    state: str
-    attempts: int
-    next_at: float
-    updated_at: float
-    last_error: str | None
-    chatbot: str
-    type: str
-    session_id: int
-    created_us: int
-
-
 def _delivery(row: tuple[Any, ...]) -> Delivery:
     (outbox_id, sink, attempts, batch, serial, session_id, created_us, chatbot, kind, raw,
      detected_at) = row
     lead = lead_from_stored(LeadKey(serial, session_id, created_us), kind, json.loads(raw))
     return Delivery(id=outbox_id, sink=sink, chatbot=chatbot, lead=lead,
                     detected_at=datetime.fromisoformat(detected_at), attempts=attempts, batch=batch)
+
+
+def _cut(text: str | None, limit: int) -> str | None:
+    return text if text is None or len(text) <= limit else text[: limit - 1] + "…"

@@ -73,15 +73,16 @@ class Delivery:
 
 class Sink(Protocol):
     """A sink only sends. It raises RetryableError or PermanentError on failure and
-    never sleeps for retries itself: the dispatcher owns retry, backoff and bookkeeping."""
+    never sleeps for retries itself: the dispatcher owns retry, backoff and bookkeeping.
+    On success it may return the receiver's answer ("HTTP 200", an SMTP reply) for the ledger."""
 
     name: str
     min_interval: float  # seconds between two messages (0: unpaced); the dispatcher paces
 
-    async def send(self, delivery: Delivery) -> None: ...
+    async def send(self, delivery: Delivery) -> str | None: ...
 
     def render(self, delivery: Delivery) -> str: ...
 
-    async def send_digest(self, deliveries: Sequence[Delivery]) -> None: ...
+    async def send_digest(self, deliveries: Sequence[Delivery]) -> str | None: ...
 
     async def aclose(self) -> None: ...

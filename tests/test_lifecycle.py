@@ -175,7 +175,7 @@ async def test_admin_commands(simulator: tuple[Simulator, str], receiver: Receiv
     assert code == 0 and "alpha" in out and "crm" in out and "not running" in out
     code, out, _ = await run_cli("status", "--json", "--config", str(config))
     data = json.loads(out)
-    assert data["sinks"] == [{"name": "crm", "pending": 0, "dead": 2}]
+    assert data["sinks"] == [{"name": "crm", "pending": 0, "held": 0, "dead": 2}]
     assert {c["name"]: c["new_today"] for c in data["chatbots"]} == {"alpha": 2, "beta": 0}
     code, out, _ = await run_cli("outbox", "list", "--dead", "--json", "--config", str(config))
     ids = [row["id"] for row in json.loads(out)]

@@ -155,6 +155,7 @@ async def test_keys_are_pruned_once_out_of_every_window(env: dict[str, object]) 
     sim.add_lead(SERIAL_A, created=NOW - timedelta(hours=1))
     clock = Clock(NOW)
     poller = make_poller(env, clock=clock)
+    poller.ledger_days = 0  # no delivery ledger to keep: keys go as soon as no window can return them
     await poller.poll_once()
     assert store.lead_count(SERIAL_A) == 1
     clock.now = NOW + timedelta(days=6)
@@ -166,6 +167,28 @@ async def test_keys_are_pruned_once_out_of_every_window(env: dict[str, object]) 
     result = await poller.poll_once()
     assert result.records == 2 and result.new == 0
     assert len(queued_sessions(store)) == 1
+
+
+async def test_leads_stay_for_the_ledger_then_go(env: dict[str, object]) -> None:
+    sim, store = env["sim"], env["store"]
+    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    sim.add_lead(SERIAL_A, created=NOW - timedelta(hours=1))
+    clock = Clock(NOW)
+    poller = make_poller(env, clock=clock)
+    poller.ledger_days = 10
+    await poller.poll_once()
+    # at day 6 the first lead is out of every window but inside the ledger: kept. At day 12 it is
+    # out of the ledger too (gone), while day 6's lead, out of every window, is still kept
+    for days in (6, 12):
+        clock.now = NOW + timedelta(days=days)
+        sim.add_lead(SERIAL_A, created=clock.now)
+        await poller.poll_once()  # records the new lead
+        store.mark_done([(d.id, None) for d in store.due(clock.now.timestamp(), ["all"], 10)], clock.now.timestamp())
+        await poller.poll_once()  # nothing new: prunes
+        assert store.lead_count(SERIAL_A) == 2
+    sim.ignore_dates = True  # whatever the server sends again is still not new
+    result = await poller.poll_once()
+    assert result.new == 0 and queued_sessions(store) == []
 
 
 async def test_routing_by_type(env: dict[str, object]) -> None:

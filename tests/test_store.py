@@ -37,7 +37,7 @@ def test_keys_and_outbox_in_one_transaction(tmp_path: Path) -> None:
     due = store.due(NOW.timestamp(), ["crm", "slack"], 10)
     assert sorted(d.sink for d in due) == ["crm", "slack"]
     assert {d.lead.key for d in due} == {a.key}
-    store.mark_done([due[0].id], NOW.timestamp())
+    store.mark_done([(due[0].id, "HTTP 200")], NOW.timestamp())
     store.mark_retry([due[1].id], NOW.timestamp(), NOW.timestamp() + 60, "503")
     assert store.due(NOW.timestamp(), ["crm", "slack"], 10) == []
     assert store.next_due(["crm", "slack"], after=NOW.timestamp()) == NOW.timestamp() + 60
@@ -69,7 +69,7 @@ def test_prune_keeps_unsettled_deliveries(tmp_path: Path) -> None:
     store.record_poll(serial="serial", chatbot="bot", covered_from_us=0, detected_at=NOW,
                       notify=[(a, ("crm",)), (b, ("crm",))], silent=[c])
     done = next(d for d in store.due(NOW.timestamp(), ["crm"], 10) if d.lead.key == a.key)
-    store.mark_done([done.id], NOW.timestamp())
+    store.mark_done([(done.id, None)], NOW.timestamp())
     assert store.prune("serial", a.key.created_us + 1) == 2  # a (done) and c (silent); b is pending
     assert store.seen_since("serial", 0) == {(2, b.key.created_us)}
     assert store.coverage("serial") == a.key.created_us + 1

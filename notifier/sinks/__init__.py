@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..redact import RedactingSink
 from .base import SinkConfig, SinkContext
 from .console import ConsoleConfig, ConsoleSink
 from .email import EmailConfig, EmailSink
@@ -32,7 +33,8 @@ SINK_TYPES: dict[str, SinkType] = {
 
 
 def create_sink(config: SinkConfig, context: SinkContext) -> Sink:
-    return SINK_TYPES[config.type].create(config, context)
+    sink = SINK_TYPES[config.type].create(config, context)
+    return RedactingSink(sink, config.redact) if config.redact else sink
 
 
 __all__ = ["SINK_TYPES", "SinkConfig", "SinkContext", "SinkType", "create_sink"]

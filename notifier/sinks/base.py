@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from ..exceptions import PermanentError, RetryableError
@@ -20,23 +20,37 @@ if TYPE_CHECKING:
 
 
 
+OnFlood = Literal["digest", "deliver", "hold"]
+REDACTABLE = ("Name", "Email", "PhoneNumber", "Content", "URI")  # the vendor's record fields
+
+
 @dataclass(frozen=True, kw_only=True)
 class SinkConfig:
     name: str
     type: str
     types: frozenset[LeadType] = frozenset(LEAD_TYPES)
     digest_after: int | None = None  # more new leads than this in one poll: one summary message
+    on_flood: OnFlood = "deliver"  # what the flood guard does to this sink
+    redact: tuple[str, ...] = ()  # record fields masked in what this sink receives
+    human: ClassVar[bool] = False  # people read it: it can summarise, and a flood digests by default
 
     def accepts(self, lead_type: str) -> bool:
         return lead_type in self.types
 
-    @staticmethod
-    def common(name: str, table: Table) -> dict[str, Any]:
+    @classmethod
+    def common(cls, name: str, table: Table) -> dict[str, Any]:
         """The keys every sink takes; each sink's `from_table` adds its own."""
+        choices = ("digest", "deliver", "hold") if cls.human else ("deliver", "hold")
+        if not cls.human and table.raw("on_flood") == "digest":
+            raise table.error("on_flood", f"a {table.raw('type')} sink has no summary message: "
+                                          "use \"deliver\" or \"hold\"")
+        on_flood = table.text("on_flood", "digest" if cls.human else "deliver", choices=choices)
         return {
             "name": name,
             "type": table.text("type"),
             "types": frozenset(table.text_list("types", LEAD_TYPES, choices=LEAD_TYPES)),
+            "on_flood": on_flood,
+            "redact": table.text_list("redact", (), choices=REDACTABLE, allow_empty=True),
         }
 
     @staticmethod
@@ -62,16 +76,18 @@ class SinkBase:
     name: str
     min_interval: float = 0.0  # seconds between two messages; the dispatcher paces by it
 
-    async def send(self, delivery: Delivery) -> None:  # pragma: no cover - abstract
+    async def send(self, delivery: Delivery) -> str | None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def render(self, delivery: Delivery) -> str:
         """What `send` would transmit, for `test-sink` to show."""
         return repr(delivery)
 
-    async def send_digest(self, deliveries: Sequence[Delivery]) -> None:
+    async def send_digest(self, deliveries: Sequence[Delivery]) -> str | None:
+        receipt = None
         for delivery in deliveries:
-            await self.send(delivery)
+            receipt = await self.send(delivery)
+        return receipt
 
     async def aclose(self) -> None:
         return None

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, kw_only=True)
 class ConsoleConfig(SinkConfig):
+    human = True
     format: Literal["text", "json"] = "text"
 
     @classmethod
@@ -50,12 +51,14 @@ class ConsoleSink(SinkBase):
     def render(self, delivery: Delivery) -> str:
         return render_json(delivery) if self.config.format == "json" else render_text(delivery)
 
-    async def send(self, delivery: Delivery) -> None:
+    async def send(self, delivery: Delivery) -> str | None:
         self.stream.write(self.render(delivery) + "\n")
         self.stream.flush()
+        return None
 
-    async def send_digest(self, deliveries: Sequence[Delivery]) -> None:
+    async def send_digest(self, deliveries: Sequence[Delivery]) -> str | None:
         """A summary line, then one line per lead: a terminal has room, but says it was a burst."""
         lines = [f"# {len(deliveries)} new leads in one poll"] + [self.render(d) for d in deliveries]
         self.stream.write("\n".join(lines) + "\n")
         self.stream.flush()
+        return None

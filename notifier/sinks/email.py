@@ -34,6 +34,7 @@ log = structlog.get_logger("notifier.sinks.email")
 
 @dataclass(frozen=True, kw_only=True)
 class EmailConfig(SinkConfig):
+    human = True
     host: str
     port: int
     security: Security = "starttls"
@@ -135,17 +136,18 @@ class EmailSink(SinkBase):
     def render(self, delivery: Delivery) -> str:
         return self.message([delivery]).as_string()
 
-    async def send(self, delivery: Delivery) -> None:
-        await self._send(self.message([delivery]))
+    async def send(self, delivery: Delivery) -> str | None:
+        return await self._send(self.message([delivery]))
 
-    async def send_digest(self, deliveries: Sequence[Delivery]) -> None:
-        await self._send(self.message(deliveries))
+    async def send_digest(self, deliveries: Sequence[Delivery]) -> str | None:
+        return await self._send(self.message(deliveries))
 
-    async def _send(self, message: EmailMessage) -> None:
+    async def _send(self, message: EmailMessage) -> str:
+        """Returns the server's final reply (e.g. "250 2.0.0 queued as 4F2A"), for the ledger."""
         config = self.config
         where = f"SMTP {config.host}:{config.port}"
         try:
-            errors, _ = await aiosmtplib.send(
+            errors, reply = await aiosmtplib.send(
                 message, sender=parseaddr(config.sender)[1], recipients=list(config.to),
                 hostname=config.host, port=config.port, username=config.username, password=config.password,
                 use_tls=config.security == "tls", start_tls=config.security == "starttls",
@@ -175,3 +177,5 @@ class EmailSink(SinkBase):
             log.warning(
                 "some recipients refused the mail", sink=self.name,
                 refused={k: f"{v.code} {safe_text(v.message, 100)}" for k, v in errors.items()})
+        refused = f" ({len(errors)} recipients refused)" if errors else ""
+        return safe_text(str(reply), 180) + refused

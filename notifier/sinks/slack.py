@@ -9,7 +9,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import aiohttp
 from slack_sdk.errors import SlackApiError, SlackClientError
@@ -36,6 +36,7 @@ _RETRYABLE = {"ratelimited", "rate_limited", "internal_error", "fatal_error", "s
 
 @dataclass(frozen=True, kw_only=True)
 class SlackConfig(SinkConfig):
+    human = True
     webhook_url: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
     channel: str | None = None
@@ -137,22 +138,23 @@ class SlackSink(SinkBase):
         text, blocks = lead_blocks(delivery, self.zone)
         return json.dumps({"text": text, "blocks": blocks}, ensure_ascii=False, indent=2)
 
-    async def send(self, delivery: Delivery) -> None:
-        await self._post(*lead_blocks(delivery, self.zone))
+    async def send(self, delivery: Delivery) -> str | None:
+        return await self._post(*lead_blocks(delivery, self.zone))
 
-    async def send_digest(self, deliveries: Sequence[Delivery]) -> None:
-        await self._post(*digest_blocks(deliveries, self.zone))
+    async def send_digest(self, deliveries: Sequence[Delivery]) -> str | None:
+        return await self._post(*digest_blocks(deliveries, self.zone))
 
-    async def _post(self, text: str, blocks: list[dict[str, Any]]) -> None:
+    async def _post(self, text: str, blocks: list[dict[str, Any]]) -> str:
         """Never `link_names` or `parse=full`: lead text must not become mentions or links."""
         try:
             if self._webhook is not None:
                 response = await self._webhook.send(text=text, blocks=blocks, unfurl_links=False, unfurl_media=False)
                 self._check_webhook(response.status_code, str(response.body), response.headers)
-            else:
-                assert self._web is not None
-                await self._web.chat_postMessage(channel=self.config.channel or "", text=text, blocks=blocks,
-                                                 unfurl_links=False, unfurl_media=False)
+                return f"HTTP {response.status_code}"
+            assert self._web is not None
+            answer = await self._web.chat_postMessage(channel=self.config.channel or "", text=text, blocks=blocks,
+                                                      unfurl_links=False, unfurl_media=False)
+            return f"HTTP {answer.status_code} ok, ts {safe_text(str(answer.get('ts') or '-'), 40)}"
         except SlackApiError as exc:
             self._check_api(exc)
         except TimeoutError:
@@ -169,7 +171,7 @@ class SlackSink(SinkBase):
                                  retry_after=parse_retry_after(_header(headers, "Retry-After"), self.clock()))
         raise PermanentError(reason + _hint(body, status), status=status)
 
-    def _check_api(self, exc: SlackApiError) -> None:
+    def _check_api(self, exc: SlackApiError) -> NoReturn:
         response = exc.response
         status = response.status_code
         data = response.data if isinstance(response.data, dict) else {}

@@ -99,7 +99,7 @@ class WebhookSink(SinkBase):
     def render(self, delivery: Delivery) -> str:
         return json.dumps(webhook_payload(delivery), ensure_ascii=False, indent=2)
 
-    async def send(self, delivery: Delivery) -> None:
+    async def send(self, delivery: Delivery) -> str | None:
         body = webhook_body(delivery)
         timestamp = int(self.context.clock().timestamp())
         headers = {
@@ -129,6 +129,7 @@ class WebhookSink(SinkBase):
                 f"{self._where} answered {status} redirect to {public_url(location)!r}; "
                 "redirects are not followed, update the url", status=status)
         raise_for_http(status, f"{self._where} answered {status}: {text}", retry_after)
+        return f"HTTP {status}"
 
 
 async def _read_some(response: aiohttp.ClientResponse, limit: int = 2048) -> str:
