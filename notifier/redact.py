@@ -102,13 +102,14 @@ class RedactingSink:
 
 
 def scrub(text: str, leads: Iterable[Lead]) -> str:
-    """Take the leads' contact fields (name, email, phone; as written or JSON-escaped) and any
+    """Take the leads' contact fields (name, email, phone; as written or in
+    either JSON escaping) and any
     email address out of `text`, an error message about to be logged above debug level."""
     for lead in leads:
         for value in (lead.email, lead.phone, lead.name):
             value = value.strip()
             if len(value) < 4:
                 continue
-            for form in {value, json.dumps(value)[1:-1]}:
+            for form in {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}:
                 text = text.replace(form, MASK)
     return _ANY_EMAIL.sub(lambda m: mask_email(m.group()), text)

@@ -18,7 +18,9 @@ import structlog
 from notifier import logs
 from notifier.exceptions import DeliveryError, PermanentError, RetryableError
 from notifier.leads import parse_records
+from notifier.redact import RedactingSink
 from notifier.sinks import SinkContext
+from notifier.sinks.base import REDACTABLE
 from notifier.sinks.console import ConsoleConfig, ConsoleSink
 from notifier.sinks.email import EmailConfig, EmailSink
 from notifier.sinks.slack import SlackConfig, SlackSink
@@ -44,6 +46,7 @@ class Case:
     delivered: Callable[[], int]
     fail: Callable[[str], None]  # "retryable" | "permanent": the next send fails that way
     secrets: tuple[str, ...]
+    seen: Callable[[], str]  # everything the receiving side got, as text
 
 
 @pytest.fixture(params=["webhook", "slack-webhook", "slack-token", "email", "console"])
@@ -59,7 +62,8 @@ def case(request: pytest.FixtureRequest, http: aiohttp.ClientSession, receiver: 
         def fail_hook(how: str) -> None:
             receiver.responses = [(503 if how == "retryable" else 410, {}, 0.0)]
         return Case(sink, lambda: len(receiver.accepted), fail_hook,
-                    (WEBHOOK_SECRET, WEBHOOK_SECRET[6:], "header-token-secret", "url-token-secret"))
+                    (WEBHOOK_SECRET, WEBHOOK_SECRET[6:], "header-token-secret", "url-token-secret"),
+                    lambda: "\n".join(r.body.decode() for r in receiver.received))
     if kind.startswith("slack"):
         if kind == "slack-webhook":
             config = SlackConfig(name="s", type="slack", webhook_url=slack.webhook_url)
@@ -72,7 +76,8 @@ def case(request: pytest.FixtureRequest, http: aiohttp.ClientSession, receiver: 
             body: Any = {"ok": False, "error": "ratelimited" if how == "retryable" else "channel_not_found"}
             status = 429 if how == "retryable" else (404 if kind == "slack-webhook" else 200)
             slack.responses = [(status, body if kind == "slack-token" else "no_service", {"Retry-After": "1"})]
-        return Case(SlackSink(config, context), lambda: len(slack.messages), fail_slack, secrets)
+        return Case(SlackSink(config, context), lambda: len(slack.messages), fail_slack, secrets,
+                    lambda: json.dumps(slack.messages, ensure_ascii=False))
     if kind == "email":
         email_config = EmailConfig(name="s", type="email", host=mailbox.host, port=mailbox.port, security="none",
                                    username="user", password="smtp-password-xyz", sender="n@example.com",
@@ -80,10 +85,12 @@ def case(request: pytest.FixtureRequest, http: aiohttp.ClientSession, receiver: 
 
         def fail_mail(how: str) -> None:
             mailbox.data_reply = "451 try later" if how == "retryable" else "554 no"
-        return Case(EmailSink(email_config, context), lambda: len(mailbox.messages), fail_mail, ("smtp-password-xyz",))
+        return Case(EmailSink(email_config, context), lambda: len(mailbox.messages), fail_mail, ("smtp-password-xyz",),
+                    lambda: "\n".join(str(mailbox.parsed(i)) for i in range(len(mailbox.messages))))
     stream = io.StringIO()
     console = ConsoleSink(ConsoleConfig(name="s", type="console"), SinkContext(http=http, stdout=stream))
-    return Case(console, lambda: stream.getvalue().count("\n"), lambda how: pytest.skip("console cannot fail"), ())
+    return Case(console, lambda: stream.getvalue().count("\n"), lambda how: pytest.skip("console cannot fail"), (),
+                stream.getvalue)
 
 
 async def test_delivers_a_hostile_lead(case: Case) -> None:
@@ -132,3 +139,24 @@ async def test_leaks_no_secret_at_debug(case: Case) -> None:
             assert secret not in rendered
     for line in output.splitlines():
         json.loads(line)  # every line still parses: scrubbing never breaks the format
+
+
+PRIVATE = {"Type": "Lead", "SessionID": 77, "CreateTime": "2025-06-01T12:00:00Z", "Name": "Jane Quinn Public",
+           "Email": "jane.public@example.org", "PhoneNumber": "+1 555 010 0100",
+           "Content": "Call me about the invoice", "URI": "https://example.org/secret-landing"}
+
+
+async def test_redact_hides_fields_in_everything_sent(case: Case) -> None:
+    """`redact` holds for every sink and every path: single message, digest, and render."""
+    sink = RedactingSink(case.sink, REDACTABLE)
+    lead = parse_records("serial", [PRIVATE]).leads[0]
+    delivery = Delivery(id=1, sink="s", chatbot="bot", lead=lead, detected_at=datetime.now(UTC))
+    await sink.send(delivery)
+    await sink.send_digest([delivery, delivery])
+    seen = case.seen() + sink.render(delivery)
+    assert case.delivered() >= 2
+    for field in ("Name", "Email", "Content", "URI"):
+        assert PRIVATE[field] not in seen
+    for fragment in ("Quinn", "public@", "555", "010 ", "invoice", "secret-landing"):
+        assert fragment not in seen
+    assert "Reply-To" not in seen  # a masked address is never offered as a reply target

@@ -25,8 +25,9 @@ def load_timezone(name: str) -> tzinfo:
 
 
 def valid_email(value: str) -> bool:
-    """Strict on purpose: a value good enough for Reply-To and mailto links, nothing exotic."""
-    return len(value) <= 254 and bool(_EMAIL.match(value)) and ".." not in value
+    """Strict on purpose: a value good enough for Reply-To and mailto links, nothing exotic. A
+    redacted address (j***@example.org) is not one: a reply would reach a stranger."""
+    return len(value) <= 254 and bool(_EMAIL.match(value)) and ".." not in value and "***" not in value
 
 
 def one_line(value: str, limit: int) -> str:
