@@ -11,7 +11,7 @@ from typing import IO, Any
 
 from .admin import open_store, resolve_chatbot, table
 from .config import Config
-from .exceptions import ConfigError
+from .exceptions import NotifierError
 from .history import LeadRecord, find_leads
 from .leads import from_micros, to_micros
 from .text import safe_text
@@ -53,7 +53,7 @@ def list_leads(config: Config, out: IO[str], *, chatbot: str | None, since: date
     if as_json:
         print(json.dumps([as_dict(lead) for lead in leads], ensure_ascii=False), file=out)
         return len(leads)
-    rows = [("CREATED", "CHATBOT", "TYPE", "SESSION", "NAME", "EMAIL", "SINKS")]
+    rows = [("CREATED (UTC)", "CHATBOT", "TYPE", "SESSION", "NAME", "EMAIL", "SINKS")]
     for lead in leads:
         rows.append((_when(from_micros(lead.created_us)), safe_text(lead.chatbot, 30), lead.type,
                      str(lead.session_id), safe_text(str(lead.raw.get("Name") or ""), 30) or "-",
@@ -71,8 +71,8 @@ def show_lead(config: Config, out: IO[str], session: int, *, as_json: bool) -> i
     finally:
         store.close()
     if not leads:
-        raise ConfigError(f"no lead with SessionID {session} in the state file (leads are kept for "
-                          f"[state] ledger_days = {config.ledger_days} days)")
+        raise NotifierError(f"no lead with SessionID {session} in the state file (leads are kept for "
+                            f"[state] ledger_days = {config.ledger_days} days)")
     if as_json:
         print(json.dumps([as_dict(lead) for lead in leads], ensure_ascii=False, indent=2), file=out)
         return len(leads)
@@ -85,16 +85,16 @@ def show_lead(config: Config, out: IO[str], session: int, *, as_json: bool) -> i
 
 def _story(lead: LeadRecord, out: IO[str]) -> None:
     print(f"{lead.type} {lead.session_id} from chatbot {safe_text(lead.chatbot, 80)} ({lead.serial})", file=out)
-    print(f"  created   {_when(from_micros(lead.created_us))}", file=out)
-    print(f"  detected  {_when(datetime.fromisoformat(lead.detected_at))}", file=out)
+    print(f"  Created     {_when(from_micros(lead.created_us))} UTC", file=out)
+    print(f"  Detected    {_when(datetime.fromisoformat(lead.detected_at))} UTC", file=out)
     for key in ("Name", "Email", "PhoneNumber", "URI", "Content"):
         value = lead.raw.get(key)
         if value not in (None, ""):
-            print(f"  {key:<9} {safe_text(str(value), 300)}", file=out)
-    print(f"  state     {lead_state(lead)}", file=out)
+            print(f"  {key:<11} {safe_text(str(value), 300)}", file=out)
+    print(f"  Sinks       {lead_state(lead)}", file=out)
     if lead.attempts:
         print("  ledger:", file=out)
-        rows = [("    WHEN", "SINK", "ATTEMPT", "OUTCOME", "STATUS", "DETAIL")]
+        rows = [("    WHEN (UTC)", "SINK", "ATTEMPT", "OUTCOME", "STATUS", "DETAIL")]
         for a in lead.attempts:
             rows.append((f"    {_when(datetime.fromtimestamp(a.at, UTC))}", a.sink, str(a.attempt or "-"), a.outcome,
                          safe_text(a.status or "", 60) or "-", safe_text(a.detail or "", 120)))

@@ -24,13 +24,17 @@ class _OutboxCollector(Collector):
                                     labels=["sink"])
         dead = GaugeMetricFamily(PREFIX + "dead_letters", "Deliveries that failed for good, per sink",
                                  labels=["sink"])
+        held = GaugeMetricFamily(PREFIX + "outbox_held", "Deliveries the flood guard holds for an operator, per sink",
+                                 labels=["sink"])
         counts = self.counts()
         for sink in sorted(set(self.sinks()) | set(counts)):
             value = counts.get(sink, SinkCounts())
             pending.add_metric([sink], value.pending)
             dead.add_metric([sink], value.dead)
+            held.add_metric([sink], value.held)
         yield pending
         yield dead
+        yield held
 
 
 class Metrics:

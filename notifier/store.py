@@ -204,15 +204,16 @@ class Store:
 
     def prune(self, serial: str, horizon_us: int, ledger_before: float | None = None) -> int:
         """Forget keys that no window can return any more; keys with pending, held or dead
-        deliveries stay until those are settled, and keys detected after `ledger_before` stay for
-        the delivery ledger. Attempts older than `ledger_before` go too. Coverage moves up to the
-        horizon, which is what lets the poller ignore records older than it."""
+        deliveries stay until those are settled, and keys detected or attempted (a replay) after
+        `ledger_before` stay for the delivery ledger. Attempts older than `ledger_before` go too.
+        Coverage moves up to the horizon, which is what lets the poller ignore records older than it."""
         kept_since = "9999" if ledger_before is None else datetime.fromtimestamp(ledger_before, UTC).isoformat()
         with self.transaction() as db:
             cursor = db.execute(
-                "DELETE FROM leads WHERE serial = ? AND created_us < ? AND detected_at < ? AND NOT EXISTS ("
-                "SELECT 1 FROM outbox WHERE outbox.lead_id = leads.id AND outbox.state != 'done')",
-                (serial, horizon_us, kept_since))
+                "DELETE FROM leads WHERE serial = ?1 AND created_us < ?2 AND detected_at < ?3 "
+                "AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.lead_id = leads.id AND outbox.state != 'done') "
+                "AND NOT EXISTS (SELECT 1 FROM attempts WHERE attempts.lead_id = leads.id AND attempts.at >= ?4)",
+                (serial, horizon_us, kept_since, ledger_before if ledger_before is not None else float("inf")))
             if ledger_before is not None:
                 db.execute("DELETE FROM attempts WHERE at < ?", (ledger_before,))
             db.execute("UPDATE chatbots SET covered_from_us = max(covered_from_us, ?) WHERE serial = ?",

@@ -115,7 +115,7 @@ async def test_health_ready_and_metrics(simulator: tuple[Simulator, str], receiv
         await asyncio.wait_for(task, 10)
     families = {f.name: f for f in text_string_to_metric_families(text)}
     for name in ("polls", "poll_duration_seconds", "leads_new", "deliveries", "outbox_pending", "dead_letters",
-                 "last_successful_poll_timestamp_seconds"):
+                 "outbox_held", "last_successful_poll_timestamp_seconds"):
         assert f"smarterbot_notifier_{name}" in families, name
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in families.values() for s in f.samples}

@@ -119,3 +119,61 @@ def test_unwritable_directory_is_a_clear_error(tmp_path: Path) -> None:
 def test_directory_instead_of_file(tmp_path: Path) -> None:
     with pytest.raises(StateError, match="not a regular file"):
         Store(tmp_path)
+
+
+V1_SCHEMA = """
+CREATE TABLE chatbots (serial TEXT PRIMARY KEY, name TEXT NOT NULL, covered_from_us INTEGER NOT NULL,
+    first_seen REAL NOT NULL);
+CREATE TABLE leads (id INTEGER PRIMARY KEY, serial TEXT NOT NULL, session_id INTEGER NOT NULL,
+    created_us INTEGER NOT NULL, chatbot TEXT NOT NULL, type TEXT NOT NULL, raw TEXT NOT NULL,
+    detected_at TEXT NOT NULL, notified INTEGER NOT NULL, UNIQUE (serial, session_id, created_us));
+CREATE INDEX leads_by_time ON leads (serial, created_us);
+CREATE TABLE outbox (id INTEGER PRIMARY KEY, lead_id INTEGER NOT NULL REFERENCES leads (id) ON DELETE CASCADE,
+    sink TEXT NOT NULL, state TEXT NOT NULL CHECK (state IN ('pending', 'done', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL, last_error TEXT, batch INTEGER,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL, UNIQUE (lead_id, sink));
+CREATE INDEX outbox_due ON outbox (next_at) WHERE state = 'pending';
+CREATE INDEX outbox_by_sink ON outbox (sink, state);
+INSERT INTO chatbots VALUES ('serial', 'bot', 0, 0);
+INSERT INTO leads VALUES (1, 'serial', 7, 1740823200000000, 'bot', 'Lead',
+    '{"Type": "Lead", "SessionID": 7, "CreateTime": "2025-03-01T10:00:00Z"}', '2025-03-01T10:00:01+00:00', 1);
+INSERT INTO outbox VALUES (1, 1, 'crm', 'pending', 3, 0, '503', NULL, 0, 0);
+PRAGMA application_id = 1396854321;
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    db = sqlite3.connect(path)
+    db.executescript(V1_SCHEMA)
+    db.close()
+    store = Store(path)
+    try:
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 2
+        [pending] = store.due(NOW.timestamp(), ["crm"], 10)  # the pending delivery survived, attempts and all
+        assert (pending.lead.key.session_id, pending.attempts) == (7, 3)
+        store.mark_done([(pending.id, "HTTP 200")], NOW.timestamp())
+        assert store.db.execute("SELECT outcome, status, attempt FROM attempts").fetchall() == [
+            ("delivered", "HTTP 200", 4)]
+        store.db.execute("UPDATE outbox SET state = 'held'")  # the new state is allowed
+        assert store.db.execute("PRAGMA foreign_key_check").fetchall() == []
+    finally:
+        store.close()
+
+
+def test_prune_drops_old_attempts_and_keeps_leads_for_the_ledger(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    (a,) = leads(1)
+    store.record_poll(serial="serial", chatbot="bot", covered_from_us=0, detected_at=NOW,
+                      notify=[(a, ("crm",))], silent=[])
+    [due] = store.due(NOW.timestamp(), ["crm"], 10)
+    store.mark_retry([due.id], NOW.timestamp(), NOW.timestamp(), "503", "503")
+    store.mark_done([(due.id, "HTTP 200")], NOW.timestamp() + 100)
+    horizon = 2**62  # every key is out of every window
+    assert store.prune("serial", horizon, ledger_before=NOW.timestamp() - 1) == 0  # still in the ledger
+    assert store.prune("serial", horizon, ledger_before=NOW.timestamp() + 50) == 0  # detected before, attempted after
+    assert store.db.execute("SELECT outcome FROM attempts").fetchall() == [("delivered",)]
+    assert store.prune("serial", horizon, ledger_before=NOW.timestamp() + 3600) == 1
+    assert store.db.execute("SELECT count(*) FROM attempts").fetchone()[0] == 0
+    store.close()
