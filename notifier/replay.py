@@ -61,8 +61,9 @@ async def replay(config: Config, out: IO[str], *, sink: str, session: int | None
             return await _deliver_now(config, sink, out)
         except StateError:  # a daemon started meanwhile: it has the replays now
             pid = lock_holder(config.state_path)
-    print(f"the running daemon (pid {pid}) sends them within seconds; follow with "
-          f"`smarterbot-notifier leads show SESSIONID` or `outbox list --sink {sink}`", file=out)
+    print(f"the running daemon (pid {pid}) sends them within seconds (a sink added to the config since it "
+          f"started needs a reload first: SIGHUP); follow with `leads show SESSIONID` or "
+          f"`outbox list --sink {sink}`", file=out)
     return count
 
 
