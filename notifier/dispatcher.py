@@ -77,10 +77,8 @@ class Dispatcher:
                         self._pace_wait = wait if self._pace_wait is None else min(self._pace_wait, wait)
                     continue
                 free = 1
-            for delivery in self.store.due(now, [name], free + len(self._busy)):
-                if free == 0:
-                    break
-                if delivery.id in self._busy:
+            for delivery in self.store.due(now, [name], free, skip=self._busy):
+                if delivery.id in self._busy:  # taken by a digest started earlier in this loop
                     continue
                 group = [delivery] if delivery.batch is None else self.store.batch(name, delivery.batch)
                 group = [d for d in group if d.id not in self._busy] or [delivery]

@@ -233,15 +233,16 @@ class Store:
     _DELIVERY_COLUMNS = ("o.id, o.sink, o.attempts, o.batch, l.serial, l.session_id, l.created_us, "
                          "l.chatbot, l.type, l.raw, l.detected_at")
 
-    def due(self, now: float, sinks: Collection[str], limit: int) -> list[Delivery]:
+    def due(self, now: float, sinks: Collection[str], limit: int, skip: Collection[int] = ()) -> list[Delivery]:
+        """Due deliveries, oldest first; rows in `skip` (already in flight) are not decoded."""
         if not sinks:
             return []
         marks = ",".join("?" * len(sinks))
         rows = self._db.execute(
             f"SELECT {self._DELIVERY_COLUMNS} FROM outbox o JOIN leads l ON l.id = o.lead_id "  # noqa: S608
             f"WHERE o.state = 'pending' AND o.next_at <= ? AND o.sink IN ({marks}) "
-            "ORDER BY o.next_at, o.id LIMIT ?", (now, *sinks, limit)).fetchall()
-        return [_delivery(row) for row in rows]
+            "ORDER BY o.next_at, o.id LIMIT ?", (now, *sinks, limit + len(skip))).fetchall()
+        return [_delivery(row) for row in rows if row[0] not in skip][:limit]
 
     def batch(self, sink: str, batch: int) -> list[Delivery]:
         rows = self._db.execute(

@@ -3,6 +3,7 @@ that sinks and clocks satisfy. Kept in one place so a reader finds the contracts
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,12 @@ Clock = Callable[[], datetime]
 """Returns an aware UTC datetime. Injected so tests control 'now' without sleeping."""
 
 
+@functools.lru_cache(maxsize=4096)  # asked several times per delivery (headers, logs, ledger)
+def _webhook_id(serial_number: str, session_id: int, created_us: int) -> str:
+    digest = hashlib.sha256(f"{serial_number}\x1f{session_id}\x1f{created_us}".encode()).hexdigest()
+    return f"msg_{digest[:32]}"
+
+
 @dataclass(frozen=True, slots=True)
 class LeadKey:
     """The identity of a lead: one instant written two ways is one key."""
@@ -28,10 +35,7 @@ class LeadKey:
 
     def webhook_id(self) -> str:
         """Stable across retries, restarts and sinks, so consumers can deduplicate."""
-        digest = hashlib.sha256(
-            f"{self.serial_number}\x1f{self.session_id}\x1f{self.created_us}".encode()
-        ).hexdigest()
-        return f"msg_{digest[:32]}"
+        return _webhook_id(self.serial_number, self.session_id, self.created_us)
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,9 +66,11 @@ def signing_key(secret: str) -> bytes:
     return key
 
 
-def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """Standard Webhooks v1: base64 HMAC-SHA256 of '{id}.{timestamp}.{body}'."""
-    mac = hmac.new(signing_key(secret), f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256)
+def sign(secret: str | bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """Standard Webhooks v1: base64 HMAC-SHA256 of '{id}.{timestamp}.{body}'. `secret` is the
+    whsec_ string, or the key already decoded from it."""
+    key = signing_key(secret) if isinstance(secret, str) else secret
+    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256)
     return "v1," + base64.b64encode(mac.digest()).decode()
 
 
@@ -95,6 +97,7 @@ class WebhookSink(SinkBase):
         self.config = config
         self.context = context
         self._where = public_url(config.url)
+        self._key = signing_key(config.secret) if config.secret else None  # decoded once, not per send
 
     def render(self, delivery: Delivery) -> str:
         return json.dumps(webhook_payload(delivery), ensure_ascii=False, indent=2)
@@ -109,8 +112,8 @@ class WebhookSink(SinkBase):
             "webhook-id": delivery.webhook_id,
             "webhook-timestamp": str(timestamp),
         }
-        if self.config.secret:
-            headers["webhook-signature"] = sign(self.config.secret, delivery.webhook_id, timestamp, body)
+        if self._key is not None:
+            headers["webhook-signature"] = sign(self._key, delivery.webhook_id, timestamp, body)
         try:
             async with self.context.http.post(
                 self.config.url, data=body, headers=headers, allow_redirects=False,
