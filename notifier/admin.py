@@ -86,6 +86,7 @@ def outbox_list(config: Config, out: IO[str], *, state: history.Unsettled, sink:
     store = open_store(config)
     try:
         rows = history.outbox(store, state=state, sink=sink, limit=1000)
+        held = sum(c.held for name, c in store.sink_counts().items() if sink in (None, name))
     finally:
         store.close()
     if as_json:
@@ -97,7 +98,8 @@ def outbox_list(config: Config, out: IO[str], *, state: history.Unsettled, sink:
         lines.append((str(row.id), row.sink, str(row.attempts), when.isoformat(timespec="seconds"),
                       safe_text(row.chatbot, 40), row.type, str(row.session_id), safe_text(row.last_error or "", 100)))
     table(lines, out)
-    print(f"{len(rows)} {state} deliveries", file=out)
+    print(f"{len(rows)} {state} deliveries"
+          + (f" ({held} more held by the flood guard: --held)" if state == "pending" and held else ""), file=out)
     return len(rows)
 
 

@@ -183,9 +183,10 @@ class Dispatcher:
             self._record_failure(group, attempt, exc.reason, retryable=True, retry_after=exc.retry_after,
                                  status=exc.status)
         except Exception as exc:  # a sink bug: keep the lead, retry, and say so loudly
-            log.exception("sink raised an unexpected error", sink=first.sink)
-            self._record_failure(group, attempt, f"internal error: {type(exc).__name__}: {exc}",
-                                 retryable=True)
+            # the traceback only at debug: an exception's text may quote the lead
+            log.debug("sink raised an unexpected error", sink=first.sink, exc_info=True)
+            self._record_failure(group, attempt, f"internal error (a bug, please report it): "
+                                 f"{type(exc).__name__}: {exc}", retryable=True)
         else:
             self._count(first.sink, "delivered", len(group))
             self._done.extend((i, receipt) for i in ids)  # committed by flush(); the ids stay busy until then

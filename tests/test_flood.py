@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from notifier import history, logs
-from notifier.admin import outbox_retry
+from notifier.admin import outbox_list, outbox_retry
 from notifier.config import load_config, parse_config
 from notifier.exceptions import ConfigError
 from notifier.service import Service
@@ -84,6 +84,10 @@ async def test_a_flood_digests_for_people_delivers_to_machines_and_holds_on_requ
         assert "flood guard: 30 new leads" in (story.attempts[0].detail or "")
     finally:
         store.close()
+
+    listing = io.StringIO()
+    outbox_list(config, listing, state="pending", sink=None, as_json=False)
+    assert "0 pending deliveries (30 more held by the flood guard: --held)" in listing.getvalue()
 
     # a second run does not send held deliveries; `outbox retry --held` releases them as one summary
     assert await Service(config, stdout=screen).once() == []
