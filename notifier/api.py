@@ -68,6 +68,8 @@ class LeadListClient:
         if declared is not None and declared > self.max_response_bytes:
             raise ApiError(chatbot, f"answer of {declared} bytes exceeds [api] max_response_bytes "
                            f"({self.max_response_bytes})", http_status=response.status)
+        if declared is not None:  # the common case: one read of a known, allowed size
+            return await response.read()
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.content.iter_chunked(65536):

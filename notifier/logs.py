@@ -68,11 +68,17 @@ class _StdlibScrubFilter(logging.Filter):
         return True
 
 
+DEBUG = False
+"""Whether debug lines are emitted: hot paths test it before building a debug line at all."""
+
+
 def configure(level: str = "info", fmt: LogFormat | None = None, stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
     if fmt is None:
         fmt = "text" if stream.isatty() else "json"
     numeric = _LEVELS[level]
+    global DEBUG  # one switch, set by the one place that configures logging
+    DEBUG = numeric <= logging.DEBUG
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=stream.isatty()) if fmt == "text"
                      else structlog.processors.JSONRenderer())
     processors: list[Any] = [

@@ -16,6 +16,7 @@ unseen is a new lead.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import sqlite3
 from collections.abc import Callable, Mapping
@@ -24,7 +25,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from time import perf_counter
 
 import structlog
+from prometheus_client import Counter, Gauge
 
+from . import logs
 from .api import LeadListClient
 from .config import ChatbotConfig
 from .exceptions import ApiError, StateError
@@ -49,8 +52,13 @@ class Window:
 
 def request_window(now: datetime, lookback_days: int) -> Window:
     now = now.astimezone(UTC)
-    start = (now - timedelta(days=lookback_days)).date() - timedelta(days=1)
-    end = now.date() + timedelta(days=2)
+    return _window(now.date(), (now - timedelta(days=lookback_days)).date())
+
+
+@functools.lru_cache(maxsize=64)  # the same for every poll of a day: computed once
+def _window(today: date, lookback_day: date) -> Window:
+    start = lookback_day - timedelta(days=1)
+    end = today + timedelta(days=2)
     horizon = datetime.combine(start, time(0), UTC) - EARLIEST_OFFSET
     return Window(start, end, to_micros(horizon))
 
@@ -101,6 +109,7 @@ class ChatbotPoller:
     ledger_days: int = 30
     status: PollStatus = field(default_factory=PollStatus)
     _digest: bytes | None = None
+    _metric_series: tuple[Counter, Counter, Gauge] | None = None
     _warned: set[str] = field(default_factory=set)
 
     def routes(self, lead: Lead) -> tuple[str, ...]:
@@ -258,7 +267,8 @@ class ChatbotPoller:
             return False
         finally:
             if self.metrics is not None:
-                self.metrics.polls.labels(self.chatbot.name, "success" if ok else "failure").inc()
+                series = self._series()
+                (series[0] if ok else series[1]).inc()
                 self.metrics.poll_duration.observe(perf_counter() - started)
         if status.failures:
             log.info("poll recovered", chatbot=self.chatbot.name, after_failures=status.failures)
@@ -266,7 +276,18 @@ class ChatbotPoller:
         status.last_error = None
         status.last_success = self.clock()
         if self.metrics is not None:
-            self.metrics.last_success.labels(self.chatbot.name).set(status.last_success.timestamp())
-        log.debug("polled", chatbot=self.chatbot.name, unchanged=result.unchanged, records=result.records,
-                  new=result.new, baselined=result.baselined, skipped=result.skipped)
+            self._series()[2].set(status.last_success.timestamp())
+        if logs.DEBUG:  # most polls: nothing to say, and not even a debug line to build
+            log.debug("polled", chatbot=self.chatbot.name, unchanged=result.unchanged, records=result.records,
+                      new=result.new, baselined=result.baselined, skipped=result.skipped)
         return True
+
+    def _series(self) -> tuple[Counter, Counter, Gauge]:
+        """This chatbot's metric series, looked up once rather than by label on every poll."""
+        if self._metric_series is None:
+            assert self.metrics is not None
+            name = self.chatbot.name
+            self._metric_series = (self.metrics.polls.labels(name, "success"),
+                                   self.metrics.polls.labels(name, "failure"),
+                                   self.metrics.last_success.labels(name))
+        return self._metric_series
