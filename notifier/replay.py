@@ -35,8 +35,9 @@ async def replay(config: Config, out: IO[str], *, sink: str, session: int | None
         leads = history.find_leads(store, serial=serial, session_id=session, notified_only=True,
                                    since_us=None if since is None else to_micros(since), limit=10_000_000)
         chosen = [lead for lead in leads if lead.serial in routed and sink_config.accepts(lead.type)]
-        on_way = [lead for lead in chosen if any(s.sink == sink and s.state in ("pending", "held") for s in lead.sinks)]
-        queue = [lead for lead in chosen if lead not in on_way]
+        on_way = {lead.id for lead in chosen if any(s.sink == sink and s.state in ("pending", "held")
+                                                    for s in lead.sinks)}
+        queue = [lead for lead in chosen if lead.id not in on_way]
         skipped = len(leads) - len(chosen)
         print(f"{len(leads)} notified leads match; {len(queue)} to replay to {sink!r}"
               + (f", {len(on_way)} already pending or held for it" if on_way else "")
@@ -48,8 +49,7 @@ async def replay(config: Config, out: IO[str], *, sink: str, session: int | None
             return len(queue)
         if not queue:
             return 0
-        threshold = max((c.flood_threshold for c in config.chatbots), default=config.poll.flood_threshold)
-        digest = sink_config.human and sink_config.on_flood == "digest" and len(queue) > threshold
+        digest = sink_config.human and sink_config.on_flood == "digest" and len(queue) > config.poll.flood_threshold
         count = history.replay(store, sink, [lead.id for lead in reversed(queue)],  # oldest first
                                datetime.now(UTC).timestamp(), digest=digest)
     finally:
