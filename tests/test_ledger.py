@@ -125,3 +125,17 @@ async def test_replay_beside_a_running_daemon_goes_through_it(
     finally:
         service.stop()
         await asyncio.wait_for(task, 10)
+
+
+async def test_a_large_replay_to_people_is_one_summary(simulator: tuple[Simulator, str], receiver: Receiver,
+                                                       tmp_path: Path) -> None:
+    sim, url = simulator
+    path = write_config(tmp_path, url, poll='first_run = "notify"\nflood_threshold = 2',
+                        sinks='[sinks.screen]\ntype = "console"\n')
+    for _ in range(3):
+        sim.add_lead(SERIAL_A)
+    assert await Service(load_config(path), stdout=io.StringIO()).once() == []
+    code, out, err = await run_cli("replay", "--sink", "screen", "--since", "2000-01-01", "--config", str(path))
+    assert code == 0, err
+    assert "queued 3 replays as one summary message" in out
+    assert out.count("# 3 new leads") == 1 and "3 delivered" in out
