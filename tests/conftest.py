@@ -147,6 +147,31 @@ def write_config(tmp_path: Path, api_url: str, hook_url: str | None = None, *, e
     return path
 
 
+def three_sinks(receiver: Receiver, slack: SlackStandIn, mailbox: Mailbox, slack_options: str = "") -> str:
+    """A webhook `crm`, a Slack `slack` (token, on the stand-in) and an email `mail` (on aiosmtpd);
+    `slack_options` are extra lines for the Slack sink."""
+    return f"""
+[sinks.crm]
+type = "webhook"
+url = "{receiver.url}"
+
+[sinks.slack]
+type = "slack"
+token = "{slack.token}"
+channel = "C42"
+base_url = "{slack.base}"
+{slack_options}
+
+[sinks.mail]
+type = "email"
+host = "{mailbox.host}"
+port = {mailbox.port}
+security = "none"
+from = "notifier@example.com"
+to = ["sales@example.com"]
+"""
+
+
 @dataclass
 class SlackStandIn:
     """Slack's incoming-webhook and chat.postMessage endpoints, recording what arrived.

@@ -18,34 +18,12 @@ from notifier.service import Service
 from notifier.simulator import Simulator
 from notifier.store import Store
 
-from .conftest import SERIAL_A, Mailbox, Receiver, SlackStandIn, write_config
+from .conftest import SERIAL_A, Mailbox, Receiver, SlackStandIn, three_sinks, write_config
 
 
-def flood_sinks(receiver: Receiver, slack: SlackStandIn, mailbox: Mailbox) -> str:
-    return f"""
-[sinks.crm]
-type = "webhook"
-url = "{receiver.url}"
-
-[sinks.slack]
-type = "slack"
-token = "{slack.token}"
-channel = "C42"
-base_url = "{slack.base}"
-min_interval = 0
-
-[sinks.mail]
-type = "email"
-host = "{mailbox.host}"
-port = {mailbox.port}
-security = "none"
-from = "notifier@example.com"
-to = ["sales@example.com"]
-
-[sinks.screen]
-type = "console"
-on_flood = "hold"
-"""
+def flood_sinks(receiver: Receiver, slack: SlackStandIn, mailbox: Mailbox, slack_options: str = "") -> str:
+    return (three_sinks(receiver, slack, mailbox, "min_interval = 0\n" + slack_options)
+            + '\n[sinks.screen]\ntype = "console"\non_flood = "hold"\n')
 
 
 async def test_a_flood_digests_for_people_delivers_to_machines_and_holds_on_request(
@@ -109,7 +87,7 @@ async def test_on_flood_deliver_keeps_single_messages(simulator: tuple[Simulator
                                                        slack: SlackStandIn, mailbox: Mailbox,
                                                        tmp_path: Path) -> None:
     sim, url = simulator
-    sinks = flood_sinks(receiver, slack, mailbox).replace('min_interval = 0', 'min_interval = 0\non_flood = "deliver"')
+    sinks = flood_sinks(receiver, slack, mailbox, 'on_flood = "deliver"')
     chatbots = f'[[chatbots]]\nname = "sales"\nserial_number = "{SERIAL_A}"\nsinks = ["slack"]\n'
     config = load_config(write_config(tmp_path, url, poll='first_run = "notify"\nflood_threshold = 2',
                                       sinks=sinks, chatbots=chatbots))

@@ -9,33 +9,12 @@ from notifier.config import load_config
 from notifier.service import Service
 from notifier.simulator import Simulator
 
-from .conftest import SERIAL_A, SERIAL_B, Mailbox, Receiver, SlackStandIn, baselined, until, write_config
+from .conftest import SERIAL_A, SERIAL_B, Mailbox, Receiver, SlackStandIn, baselined, three_sinks, until, write_config
 from .test_service import run_cli
 
 
-def sinks_toml(receiver: Receiver, slack: SlackStandIn, mailbox: Mailbox, digest_after: int = 3) -> str:
-    return f"""
-[sinks.crm]
-type = "webhook"
-url = "{receiver.url}"
-
-[sinks.slack]
-type = "slack"
-token = "{slack.token}"
-channel = "C42"
-base_url = "{slack.base}"
-types = ["Appointment"]
-digest_after = {digest_after}
-min_interval = 0.01
-
-[sinks.mail]
-type = "email"
-host = "{mailbox.host}"
-port = {mailbox.port}
-security = "none"
-from = "notifier@example.com"
-to = ["sales@example.com"]
-"""
+def sinks_toml(receiver: Receiver, slack: SlackStandIn, mailbox: Mailbox) -> str:
+    return three_sinks(receiver, slack, mailbox, 'types = ["Appointment"]\ndigest_after = 3\nmin_interval = 0.01')
 
 
 async def test_types_and_sinks_combine(simulator: tuple[Simulator, str], receiver: Receiver, slack: SlackStandIn,
