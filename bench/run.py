@@ -38,9 +38,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def peak_rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmHWM") -> float:
+    """VmHWM: the peak resident set so far; VmRSS: the resident set now."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -108,6 +109,7 @@ async def daemon_scenario(n: int, interval: float, measure: float, out: dict[str
             out["polls"] = polls
             out["cpu_per_poll_ms"] = 1000 * (cpu1 - cpu0) / max(polls, 1)
             out["schedule_kept"] = polls / due
+            out["idle_rss_mb"] = rss_mb(proc.pid, "VmRSS")
             # detection latency: a trickle of new leads
             created: dict[str, float] = {}
             end = time.monotonic() + measure
@@ -135,7 +137,7 @@ async def daemon_scenario(n: int, interval: float, measure: float, out: dict[str
             # the burst's CPU also covers the polls that found it; subtract the idle poll cost
             idle = (cpu1 - cpu0) / (t1 - t0) * drained
             out["cpu_per_delivery_ms"] = 1000 * max(cpu_burst - idle, 0) / max(delivered, 1)
-            out["peak_rss_mb"] = peak_rss_mb(proc.pid)
+            out["peak_rss_mb"] = rss_mb(proc.pid)
         finally:
             proc.terminate()
             await proc.wait()

@@ -29,6 +29,7 @@ class ApiConfig:
     timeout: float = 20.0
     requests_per_second: float = 5.0
     max_response_bytes: int = 64 * 1024 * 1024
+    concurrency: int = 20  # polls in flight at once; the rest wait their turn as a heap entry
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ def _api(table: Table) -> ApiConfig:
         requests_per_second=table.number("requests_per_second", 5.0, minimum=0.01, maximum=10_000),
         max_response_bytes=table.number("max_response_bytes", 64 * 1024 * 1024, minimum=1024,
                                         integer=True),
+        concurrency=table.number("concurrency", 20, minimum=1, maximum=1000, integer=True),
     )
     table.finish()
     return config

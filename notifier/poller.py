@@ -15,9 +15,7 @@ unseen is a new lead.
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import random
 import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,7 +38,6 @@ from .types import Clock, Lead
 log = structlog.get_logger("notifier.poller")
 
 EARLIEST_OFFSET = timedelta(hours=14)  # UTC+14, the earliest local midnight on Earth
-JITTER = 0.05  # each interval varies by ±5% so chatbots do not poll in lockstep
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,25 +217,6 @@ class ChatbotPoller:
             self._warned.add("naive")
             log.warning("CreateTime without timezone offset, read as UTC", chatbot=self.chatbot.name,
                         records=naive)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Poll until `stop` is set. Never raises: every failure is logged and retried later."""
-        loop = asyncio.get_running_loop()
-        interval = self.chatbot.interval
-        next_at = loop.time() + random.uniform(0, min(interval, 1.0))  # spread the first polls
-        while not stop.is_set():
-            # a plain sleep: the service cancels this task on stop, and a wait_for() on the
-            # stop event would cost a Task per poll
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
-            if stop.is_set():
-                return
-            ok = await self.poll_logged()
-            jitter = random.uniform(1 - JITTER, 1 + JITTER)
-            if ok:
-                next_at = max(next_at + interval * jitter, loop.time() + interval * JITTER)
-            else:
-                backoff = min(min(interval, 5.0) * 2 ** (self.status.failures - 1), max(interval, 120.0))
-                next_at = loop.time() + backoff * jitter
 
     async def poll_logged(self) -> bool:
         """poll_once with the bookkeeping and logging every caller wants; True on success."""

@@ -27,6 +27,7 @@ from .exceptions import NotifierError
 from .health import health_app, start_health
 from .metrics import Metrics
 from .poller import ChatbotPoller
+from .scheduler import PollScheduler, poll_all
 from .sinks import SinkContext, create_sink
 from .store import Store
 from .systemd import Notifier
@@ -54,10 +55,11 @@ class Service:
         self.metrics = Metrics()
         self._stop = asyncio.Event()
         self.store: Store | None = None
-        self.http: aiohttp.ClientSession | None = None
+        self.http: aiohttp.ClientSession | None = None  # the sinks'
+        self.api_http: aiohttp.ClientSession | None = None  # the vendor's: its own pool, never starved by sinks
         self.pollers: list[ChatbotPoller] = []
         self.dispatcher: Dispatcher | None = None
-        self._poll_tasks: dict[str, asyncio.Task[None]] = {}
+        self._polling: asyncio.Task[None] | None = None
         self._health: web.AppRunner | None = None
 
     # -- building -----------------------------------------------------------------------
@@ -66,6 +68,9 @@ class Service:
         self.store = Store(self.config.state_path)
         connector = aiohttp.TCPConnector(limit=100, limit_per_host=20, ttl_dns_cache=300)
         self.http = aiohttp.ClientSession(connector=connector, headers={"User-Agent": USER_AGENT})
+        # no connection limit: the poll scheduler's workers ([api] concurrency) are the limit
+        self.api_http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+                                              headers={"User-Agent": USER_AGENT})
         self.dispatcher = Dispatcher(self.store, self._sinks(self.config), self.config.delivery, self.clock,
                                      self.metrics)
         self.pollers = self._pollers(self.config, {})
@@ -78,10 +83,10 @@ class Service:
         return {name: create_sink(sink_config, context) for name, sink_config in config.sinks.items()}
 
     def _pollers(self, config: Config, keep: dict[str, ChatbotPoller]) -> list[ChatbotPoller]:
-        assert self.http is not None
+        assert self.api_http is not None
         assert self.store is not None
         assert self.dispatcher is not None
-        client = LeadListClient(self.http, config.api.base_url, timeout=config.api.timeout,
+        client = LeadListClient(self.api_http, config.api.base_url, timeout=config.api.timeout,
                                 throttler=make_throttler(config.api.requests_per_second),
                                 max_response_bytes=config.api.max_response_bytes, user_agent=USER_AGENT)
         pollers = []
@@ -101,9 +106,10 @@ class Service:
             self._health = None
         if self.dispatcher is not None:
             await self.dispatcher.aclose()
-        if self.http is not None:
-            await self.http.close()
-            self.http = None
+        for session in (self.http, self.api_http):
+            if session is not None:
+                await session.close()
+        self.http = self.api_http = None
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -121,9 +127,18 @@ class Service:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    def _start_poller(self, poller: ChatbotPoller) -> None:
-        self._poll_tasks[poller.chatbot.serial_number] = asyncio.create_task(
-            poller.run(self._stop), name=f"poll-{poller.chatbot.name}")
+    def _start_polling(self) -> None:
+        if self.stopping:  # a reload that raced with stop() must not start polls again
+            return
+        scheduler = PollScheduler(self.pollers, workers=self.config.api.concurrency)
+        self._polling = asyncio.create_task(scheduler.run(), name="polls")
+
+    async def _stop_polling(self) -> None:
+        """An in-flight poll holds no state (its one transaction is not awaited): cancelling loses nothing."""
+        if self._polling is not None:
+            self._polling.cancel()
+            await asyncio.gather(self._polling, return_exceptions=True)
+            self._polling = None
 
     async def run(self, *, install_signals: bool = True) -> None:
         """The daemon: poll and deliver until stop(), SIGTERM or SIGINT; SIGHUP reloads."""
@@ -143,15 +158,12 @@ class Service:
                      state=str(self.config.state_path),
                      http=f"{self.config.http.host}:{self.config.http.port}" if self.config.http else None)
             self.notifier.send(ready="1", status=self.status_line(), mainpid=str(os.getpid()))
-            for poller in self.pollers:
-                self._start_poller(poller)
+            self._start_polling()
             dispatcher = asyncio.create_task(self.dispatcher.run(self._stop), name="dispatcher")
             beat = asyncio.create_task(self.notifier.watchdog(self._beat, self._stop), name="watchdog")
             await self._stop.wait()
-            tasks = list(self._poll_tasks.values())
-            for task in tasks:  # an in-flight poll holds no state: cancelling it loses nothing
-                task.cancel()
-            await asyncio.gather(*tasks, beat, return_exceptions=True)
+            await self._stop_polling()
+            await asyncio.gather(beat, return_exceptions=True)
             await dispatcher  # drains within the grace period
         except OSError as exc:  # e.g. the [http] listen address is taken
             raise NotifierError(f"cannot start: {exc.strerror or exc}") from None
@@ -182,13 +194,9 @@ class Service:
         self.dispatcher.sinks = self._sinks(new)
         self.dispatcher.config = new.delivery
         self.config = new
-        for task in self._poll_tasks.values():
-            task.cancel()
-        await asyncio.gather(*self._poll_tasks.values(), return_exceptions=True)
-        self._poll_tasks.clear()
+        await self._stop_polling()
         self.pollers = self._pollers(new, old_pollers)
-        for poller in self.pollers:
-            self._start_poller(poller)
+        self._start_polling()
         self.dispatcher.wake()
         for sink in old_sinks.values():
             with contextlib.suppress(Exception):
@@ -232,7 +240,7 @@ class Service:
         await self.open()
         assert self.dispatcher is not None
         try:
-            results = await asyncio.gather(*(p.poll_logged() for p in self.pollers))
+            results = await poll_all(self.pollers, workers=self.config.api.concurrency)
             await self.dispatcher.deliver_due()
             self._write_status()
             return [p.chatbot.name for p, ok in zip(self.pollers, results, strict=True) if not ok]

@@ -52,6 +52,9 @@ class Simulator:
     faults: deque[Fault] = field(default_factory=deque)
     requests: list[JSONDict] = field(default_factory=list)
     keep_requests: int = 10_000
+    latency: float = 0.0  # every answer takes this long (a slow backend)
+    in_flight: int = 0
+    max_in_flight: int = 0  # the most requests it was ever answering at once
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -102,6 +105,16 @@ class Simulator:
         return None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            return await self._answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         try:
             body = await request.json()
         except ValueError:

@@ -32,6 +32,7 @@ def test_defaults() -> None:
     assert config.api.base_url == "https://chat.smarterbot.ai"
     assert config.api.timeout == 20
     assert config.api.requests_per_second == 5
+    assert config.api.concurrency == 20
     assert config.state_path == Path("state.db")
     bot = config.chatbots[0]
     assert (bot.interval, bot.lookback_days, bot.first_run, bot.sinks) == (60, 2, "baseline", ("crm",))
@@ -104,6 +105,7 @@ def test_secret_files(tmp_path: Path) -> None:
     (("[api]", "[api]\ntimout = 3"), "api.timout", 3, "not a known option"),
     (("[api]", "[api]\ntimeout = \"3\""), "api.timeout", 3, "must be a number"),
     (("[api]", "[api]\ntimeout = -1"), "api.timeout", 3, "at least"),
+    (("[api]", "[api]\nconcurrency = 2.5"), "api.concurrency", 3, "whole number"),
     (('name = "sales"', 'name = "sales"\nintervall = 5'), "chatbots[0].intervall", 11, "not a known option"),
     (('name = "sales"', 'name = "sales"\nsinks = ["crn"]'), "chatbots[0].sinks", 11, "unknown sink 'crn'"),
     (('name = "sales"', 'name = "sales"\nfirst_run = "later"'), "chatbots[0].first_run", 11, "must be one of"),
