@@ -4,6 +4,9 @@ Version 1: chatbots, leads (the seen keys, with the record), outbox.
 Version 2: the outbox gains the `held` state (flood guard), and `attempts` records every delivery
 attempt and operator action per lead and sink (the delivery ledger). Attempts belong to the lead,
 not to the outbox row, so purging dead letters keeps a lead's history.
+Version 3: the due-deliveries index is per sink, (sink, next_at) over pending rows: the dispatcher
+asks one sink at a time, oldest first, and a backlog of 30,000 rows made that query sort them all
+(5 ms a call, several calls per delivery); with this index it reads only the rows it returns.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 
 APPLICATION_ID = 0x53424E31  # "SBN1"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _CHATBOTS = """
 CREATE TABLE chatbots (
@@ -48,7 +51,7 @@ CREATE TABLE {name} (
     UNIQUE (lead_id, sink)
 )"""
 _OUTBOX_INDEXES = (
-    "CREATE INDEX outbox_due ON outbox (next_at) WHERE state = 'pending'",
+    "CREATE INDEX outbox_pending ON outbox (sink, next_at) WHERE state = 'pending'",
     "CREATE INDEX outbox_by_sink ON outbox (sink, state)",
 )
 _ATTEMPTS = (
@@ -80,6 +83,10 @@ _STEPS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE outbox_v2 RENAME TO outbox",
         *_OUTBOX_INDEXES,
         *_ATTEMPTS,
+    ),
+    2: (
+        "DROP INDEX IF EXISTS outbox_due",
+        "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (sink, next_at) WHERE state = 'pending'",
     ),
 }
 

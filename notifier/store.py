@@ -233,15 +233,18 @@ class Store:
     _DELIVERY_COLUMNS = ("o.id, o.sink, o.attempts, o.batch, l.serial, l.session_id, l.created_us, "
                          "l.chatbot, l.type, l.raw, l.detected_at")
 
+    # one sink at a time, oldest first: served in order by the outbox_pending index (sink, next_at)
+    DUE_SQL = (f"SELECT {_DELIVERY_COLUMNS} FROM outbox o JOIN leads l ON l.id = o.lead_id "  # noqa: S608
+               "WHERE o.state = 'pending' AND o.sink IN ({marks}) AND o.next_at <= ? ORDER BY o.next_at, o.id LIMIT ?")
+    NEXT_DUE_SQL = ("SELECT min(next_at) FROM outbox WHERE state = 'pending' AND sink IN ({marks}) "
+                    "AND next_at > ?")
+
     def due(self, now: float, sinks: Collection[str], limit: int, skip: Collection[int] = ()) -> list[Delivery]:
         """Due deliveries, oldest first; rows in `skip` (already in flight) are not decoded."""
         if not sinks:
             return []
-        marks = ",".join("?" * len(sinks))
-        rows = self._db.execute(
-            f"SELECT {self._DELIVERY_COLUMNS} FROM outbox o JOIN leads l ON l.id = o.lead_id "  # noqa: S608
-            f"WHERE o.state = 'pending' AND o.next_at <= ? AND o.sink IN ({marks}) "
-            "ORDER BY o.next_at, o.id LIMIT ?", (now, *sinks, limit + len(skip))).fetchall()
+        sql = self.DUE_SQL.format(marks=",".join("?" * len(sinks)))
+        rows = self._db.execute(sql, (*sinks, now, limit + len(skip))).fetchall()
         return [_delivery(row) for row in rows if row[0] not in skip][:limit]
 
     def batch(self, sink: str, batch: int) -> list[Delivery]:
@@ -255,10 +258,8 @@ class Store:
         """The first due time strictly after `after` (what is due now is already being handled)."""
         if not sinks:
             return None
-        marks = ",".join("?" * len(sinks))
-        row = self._db.execute(
-            "SELECT min(next_at) FROM outbox WHERE state = 'pending' AND next_at > ? "  # noqa: S608
-            f"AND sink IN ({marks})", (after, *sinks)).fetchone()
+        row = self._db.execute(self.NEXT_DUE_SQL.format(marks=",".join("?" * len(sinks))),
+                               (*sinks, after)).fetchone()
         return None if row[0] is None else float(row[0])
 
     def mark_done(self, receipts: Sequence[tuple[int, str | None]], now: float) -> None:

@@ -143,14 +143,16 @@ PRAGMA user_version = 1;
 """
 
 
-def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
+def test_an_old_file_is_upgraded_in_place(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     db = sqlite3.connect(path)
     db.executescript(V1_SCHEMA)
     db.close()
     store = Store(path)
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 3
+        indexes = {row[0] for row in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "outbox_pending" in indexes and "outbox_due" not in indexes
         [pending] = store.due(NOW.timestamp(), ["crm"], 10)  # the pending delivery survived, attempts and all
         assert (pending.lead.key.session_id, pending.attempts) == (7, 3)
         store.mark_done([(pending.id, "HTTP 200")], NOW.timestamp())
@@ -158,6 +160,36 @@ def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
             ("delivered", "HTTP 200", 4)]
         store.db.execute("UPDATE outbox SET state = 'held'")  # the new state is allowed
         assert store.db.execute("PRAGMA foreign_key_check").fetchall() == []
+    finally:
+        store.close()
+
+
+def test_a_version_2_file_gets_the_per_sink_due_index(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    Store(path).close()
+    db = sqlite3.connect(path)
+    db.executescript("DROP INDEX outbox_pending; CREATE INDEX outbox_due ON outbox (next_at) WHERE state = 'pending';"
+                     "PRAGMA user_version = 2;")
+    db.close()
+    store = Store(path)
+    try:
+        indexes = {row[0] for row in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "outbox_pending" in indexes and "outbox_due" not in indexes
+    finally:
+        store.close()
+
+
+def test_the_due_queries_read_the_index_not_the_backlog(tmp_path: Path) -> None:
+    """A backlog of any size is never sorted per call: the plan walks the index in order."""
+    store = Store(tmp_path / "s.db")
+    try:
+        store.record_poll(serial="serial", chatbot="bot", covered_from_us=0, detected_at=NOW,
+                          notify=[(lead, ("crm", "slack")) for lead in leads(*range(50))], silent=[])
+        queries = [(Store.DUE_SQL, (NOW.timestamp(), 10)), (Store.NEXT_DUE_SQL, (NOW.timestamp(),))]
+        for sql, args in queries:
+            plan = store.db.execute("EXPLAIN QUERY PLAN " + sql.format(marks="?"), ("crm", *args)).fetchall()
+            text = " ".join(str(step[-1]) for step in plan)
+            assert "outbox_pending" in text and "TEMP B-TREE" not in text, text
     finally:
         store.close()
 
