@@ -31,8 +31,9 @@ from .config import ChatbotConfig
 from .exceptions import ApiError, StateError
 from .leads import to_micros
 from .metrics import Metrics
+from .recorder import Recorder
 from .sinks import SinkConfig
-from .store import Store
+from .store import PollRecord, Store
 from .types import Clock, Lead
 
 log = structlog.get_logger("notifier.poller")
@@ -105,9 +106,14 @@ class ChatbotPoller:
     metrics: Metrics | None = None
     ledger_days: int = 30
     status: PollStatus = field(default_factory=PollStatus)
+    recorder: Recorder | None = None  # the service shares one between its pollers
     _digest: bytes | None = None
     _metric_series: tuple[Counter, Counter, Gauge] | None = None
     _warned: set[str] = field(default_factory=set)
+    _recorder: Recorder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._recorder = self.recorder or Recorder(self.store)
 
     def routes(self, lead: Lead) -> tuple[str, ...]:
         return tuple(s for s in self.chatbot.sinks if s in self.sinks and self.sinks[s].accepts(lead.type))
@@ -127,14 +133,14 @@ class ChatbotPoller:
         parsed = answer.records
         self._warn_skipped(parsed.skipped, parsed.naive_times)
         try:
-            result = self._record(parsed.leads, window, now)
+            result = await self._record(parsed.leads, window, now)
         except sqlite3.Error as exc:
             raise StateError(f"chatbot {chatbot.name!r}: state write failed, nothing recorded: {exc}") from None
         self._digest = answer.body_digest
         return PollResult(records=len(parsed.leads), skipped=len(parsed.skipped), new=result[0],
                           baselined=result[1], queued=result[2])
 
-    def _record(self, leads: list[Lead], window: Window, now: datetime) -> tuple[int, int, int]:
+    async def _record(self, leads: list[Lead], window: Window, now: datetime) -> tuple[int, int, int]:
         chatbot = self.chatbot
         serial = chatbot.serial_number
         leads = [lead for lead in leads if lead.key.created_us >= window.horizon_us]
@@ -153,11 +159,11 @@ class ChatbotPoller:
         queued = 0
         if notify or silent or coverage is None or coverage > window.horizon_us:
             batches, held = self._plan(notify)
-            queued = self.store.record_poll(serial=serial, chatbot=chatbot.name,
-                                            covered_from_us=window.horizon_us, detected_at=now,
-                                            notify=notify, silent=silent, batches=batches, held=held,
-                                            held_reason=f"flood guard: {len(notify)} new leads in one poll "
-                                            f"(flood_threshold {chatbot.flood_threshold})")
+            queued = await self._recorder.record(PollRecord(
+                serial=serial, chatbot=chatbot.name, covered_from_us=window.horizon_us, detected_at=now,
+                notify=notify, silent=silent, batches=batches, held=held,
+                held_reason=f"flood guard: {len(notify)} new leads in one poll "
+                            f"(flood_threshold {chatbot.flood_threshold})"))
             if coverage is None:
                 log.info("chatbot baselined", chatbot=chatbot.name, existing=len(silent) + len(notify),
                          first_run=chatbot.first_run)

@@ -27,6 +27,7 @@ from .exceptions import NotifierError
 from .health import health_app, start_health
 from .metrics import Metrics
 from .poller import ChatbotPoller
+from .recorder import Recorder
 from .scheduler import PollScheduler, poll_all
 from .sinks import SinkContext, create_sink
 from .store import Store
@@ -66,7 +67,9 @@ class Service:
     async def open(self) -> None:
         """Open state first (it may refuse: locked, corrupt), then the network side."""
         self.store = Store(self.config.state_path)
-        connector = aiohttp.TCPConnector(limit=100, limit_per_host=20, ttl_dns_cache=300)
+        # no connection limit here either: [delivery] concurrency is the limit, and a second, lower
+        # one would park deliveries in the connector's queue (costing CPU) instead of sending them
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
         self.http = aiohttp.ClientSession(connector=connector, headers={"User-Agent": USER_AGENT})
         # no connection limit: the poll scheduler's workers ([api] concurrency) are the limit
         self.api_http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
@@ -90,10 +93,11 @@ class Service:
                                 throttler=make_throttler(config.api.requests_per_second),
                                 max_response_bytes=config.api.max_response_bytes, user_agent=USER_AGENT)
         pollers = []
+        recorder = Recorder(self.store)  # polls finishing together share a commit
         for chatbot in config.chatbots:
             poller = ChatbotPoller(chatbot=chatbot, client=client, store=self.store, sinks=config.sinks,
                                    clock=self.clock, on_queued=self.dispatcher.wake, metrics=self.metrics,
-                                   ledger_days=config.ledger_days)
+                                   ledger_days=config.ledger_days, recorder=recorder)
             old = keep.get(chatbot.serial_number)
             if old is not None:  # keep what we know about a chatbot across a reload
                 poller.status = old.status

@@ -29,6 +29,22 @@ from .types import Delivery, Lead, LeadKey
 
 
 @dataclass(frozen=True, slots=True)
+class PollRecord:
+    """What one poll found. `batches` names sinks whose deliveries of this poll form one digest;
+    `held` names sinks whose deliveries wait for an operator (`outbox retry --held`)."""
+
+    serial: str
+    chatbot: str
+    covered_from_us: int
+    detected_at: datetime
+    notify: Sequence[tuple[Lead, Collection[str]]]
+    silent: Sequence[Lead]
+    batches: Collection[str] = ()
+    held: Collection[str] = ()
+    held_reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class SinkCounts:
     pending: int = 0
     held: int = 0
@@ -164,42 +180,48 @@ class Store:
             (serial, since_us))
         return set(rows)
 
-    def record_poll(self, *, serial: str, chatbot: str, covered_from_us: int, detected_at: datetime,
-                    notify: Sequence[tuple[Lead, Collection[str]]], silent: Sequence[Lead],
-                    batches: Collection[str] = (), held: Collection[str] = (), held_reason: str = "") -> int:
-        """Seen keys and their deliveries, in one durable transaction. Returns the number of
-        deliveries queued. `batches` names sinks whose deliveries of this poll form one digest;
-        `held` names sinks whose deliveries wait for an operator (`outbox retry --held`)."""
-        now = detected_at.timestamp()
-        detected = detected_at.isoformat()
-        with self.transaction(durable=bool(notify)) as db:
-            db.execute(
-                "INSERT INTO chatbots (serial, name, covered_from_us, first_seen) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (serial) DO UPDATE SET name = excluded.name, "
-                "covered_from_us = min(covered_from_us, excluded.covered_from_us)",
-                (serial, chatbot, covered_from_us, now))
-            flagged = [(lead, 1) for lead, _ in notify] + [(lead, 0) for lead in silent]
-            rows = [(serial, lead.key.session_id, lead.key.created_us, chatbot, lead.type,
-                     json.dumps(lead.raw, ensure_ascii=False), detected, notified)
-                    for lead, notified in flagged]
+    def record_poll(self, **fields: Any) -> int:
+        """One poll's findings (the fields of a PollRecord) in a transaction of its own."""
+        return self.record_polls([PollRecord(**fields)])[0]
+
+    def record_polls(self, polls: Sequence[PollRecord]) -> list[int]:
+        """Seen keys and their deliveries of several polls, in one transaction, durable when any
+        poll found something to notify. Returns the number of deliveries queued per poll."""
+        with self.transaction(durable=any(poll.notify for poll in polls)) as db:
+            return [self._write_poll(db, poll) for poll in polls]
+
+    @staticmethod
+    def _write_poll(db: sqlite3.Connection, poll: PollRecord) -> int:
+        serial, chatbot, notify, batches, held = poll.serial, poll.chatbot, poll.notify, poll.batches, poll.held
+        now = poll.detected_at.timestamp()
+        detected = poll.detected_at.isoformat()
+        db.execute(
+            "INSERT INTO chatbots (serial, name, covered_from_us, first_seen) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (serial) DO UPDATE SET name = excluded.name, "
+            "covered_from_us = min(covered_from_us, excluded.covered_from_us)",
+            (serial, chatbot, poll.covered_from_us, now))
+        flagged = [(lead, 1) for lead, _ in notify] + [(lead, 0) for lead in poll.silent]
+        rows = [(serial, lead.key.session_id, lead.key.created_us, chatbot, lead.type,
+                 json.dumps(lead.raw, ensure_ascii=False), detected, notified)
+                for lead, notified in flagged]
+        db.executemany(
+            "INSERT OR IGNORE INTO leads (serial, session_id, created_us, chatbot, type, raw, "
+            "detected_at, notified) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        batch_id = (db.execute("SELECT coalesce(max(batch), 0) + 1 FROM outbox").fetchone()[0]
+                    if batches else None)
+        deliveries = [(None if sink not in batches else batch_id, now, "held" if sink in held else "pending",
+                       serial, lead.key.session_id, lead.key.created_us, sink)
+                      for lead, sinks in notify for sink in sinks]
+        db.executemany(
+            "INSERT OR IGNORE INTO outbox (lead_id, sink, state, next_at, batch, created_at, updated_at) "
+            "SELECT id, ?7, ?3, ?2, ?1, ?2, ?2 FROM leads "
+            "WHERE serial = ?4 AND session_id = ?5 AND created_us = ?6", deliveries)
+        if held:  # the ledger says why these wait
             db.executemany(
-                "INSERT OR IGNORE INTO leads (serial, session_id, created_us, chatbot, type, raw, "
-                "detected_at, notified) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            batch_id = (db.execute("SELECT coalesce(max(batch), 0) + 1 FROM outbox").fetchone()[0]
-                        if batches else None)
-            deliveries = [(None if sink not in batches else batch_id, now, "held" if sink in held else "pending",
-                           serial, lead.key.session_id, lead.key.created_us, sink)
-                          for lead, sinks in notify for sink in sinks]
-            db.executemany(
-                "INSERT OR IGNORE INTO outbox (lead_id, sink, state, next_at, batch, created_at, updated_at) "
-                "SELECT id, ?7, ?3, ?2, ?1, ?2, ?2 FROM leads "
-                "WHERE serial = ?4 AND session_id = ?5 AND created_us = ?6", deliveries)
-            if held:  # the ledger says why these wait
-                db.executemany(
-                    "INSERT INTO attempts (lead_id, sink, at, attempt, outcome, detail) "
-                    "SELECT id, ?4, ?5, 0, 'held', ?6 FROM leads "
-                    "WHERE serial = ?1 AND session_id = ?2 AND created_us = ?3",
-                    [(*d[3:7], now, _cut(held_reason, 500)) for d in deliveries if d[2] == "held"])
+                "INSERT INTO attempts (lead_id, sink, at, attempt, outcome, detail) "
+                "SELECT id, ?4, ?5, 0, 'held', ?6 FROM leads "
+                "WHERE serial = ?1 AND session_id = ?2 AND created_us = ?3",
+                [(*d[3:7], now, _cut(poll.held_reason, 500)) for d in deliveries if d[2] == "held"])
         return len(deliveries)
 
     def prune(self, serial: str, horizon_us: int, ledger_before: float | None = None) -> int:

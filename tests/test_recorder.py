@@ -1,0 +1,62 @@
+"""Group commit: polls that finish in the same loop turn share one transaction, and each still
+returns only once its own records are committed."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from notifier.leads import parse_records
+from notifier.recorder import Recorder
+from notifier.store import PollRecord, Store
+
+from .test_store import NOW
+
+
+def found(serial: str, *sessions: int) -> PollRecord:
+    leads = parse_records(serial, [{"Type": "Lead", "SessionID": s, "CreateTime": "2025-03-01T10:00:00Z"}
+                                   for s in sessions]).leads
+    return PollRecord(serial=serial, chatbot=serial, covered_from_us=0, detected_at=NOW,
+                      notify=[(lead, ("crm",)) for lead in leads], silent=[])
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(tmp_path / "s.db")
+    yield store
+    store.close()
+
+
+async def test_polls_finishing_together_share_one_commit(store: Store) -> None:
+    recorder = Recorder(store)
+    counts = await asyncio.gather(*(recorder.record(found(f"bot{i}", i, i + 100)) for i in range(5)))
+    assert counts == [2] * 5
+    assert (recorder.commits, recorder.polls) == (1, 5)
+    assert store.lead_count() == 10
+    assert await recorder.record(found("later", 1)) == 1  # the next turn: a commit of its own
+    assert recorder.commits == 2
+
+
+async def test_a_failed_commit_fails_every_poll_of_the_group_and_records_nothing(store: Store) -> None:
+    recorder = Recorder(store)
+    store.db.execute("PRAGMA query_only = 1")  # every write now fails, as a full disk would
+    results = await asyncio.gather(recorder.record(found("a", 1)), recorder.record(found("b", 2)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, sqlite3.Error) for r in results)
+    store.db.execute("PRAGMA query_only = 0")
+    assert store.lead_count() == 0 and recorder.commits == 0
+    assert await recorder.record(found("a", 1)) == 1  # and the next try works
+
+
+async def test_a_poll_cancelled_while_waiting_is_recorded_all_the_same(store: Store) -> None:
+    recorder = Recorder(store)
+    waiting = asyncio.ensure_future(recorder.record(found("a", 1, 2)))
+    await asyncio.sleep(0)  # it has joined the group
+    waiting.cancel()
+    await recorder.record(found("b", 3))
+    assert waiting.cancelled()
+    assert store.lead_count() == 3  # nothing lost: the next poll sees these keys as seen
