@@ -10,6 +10,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 
 import structlog
+from prometheus_client import Counter
 
 from .config import DeliveryConfig
 from .exceptions import PermanentError, RetryableError
@@ -39,6 +40,7 @@ class Dispatcher:
         self._per_sink: dict[str, int] = {}  # deliveries in flight per sink
         self._ready_at: dict[str, float] = {}  # loop time a paced sink may send again
         self._pace_wait: float | None = None  # a paced sink has due work after this many seconds
+        self._series: dict[tuple[str, str], Counter] = {}
         self._done: list[tuple[int, str | None]] = []  # delivered (id, receipt), not yet marked done
         self.delivered = 0
         self.failed = 0
@@ -223,7 +225,10 @@ class Dispatcher:
 
     def _count(self, sink: str, outcome: str, n: int) -> None:
         if self.metrics is not None:
-            self.metrics.deliveries.labels(sink, outcome).inc(n)
+            series = self._series.get((sink, outcome))
+            if series is None:  # looked up by label once, not on every delivery
+                series = self._series[sink, outcome] = self.metrics.deliveries.labels(sink, outcome)
+            series.inc(n)
 
     async def aclose(self) -> None:
         for sink in self.sinks.values():

@@ -15,6 +15,7 @@ unseen is a new lead.
 
 from __future__ import annotations
 
+import collections
 import functools
 import sqlite3
 from collections.abc import Callable, Mapping
@@ -176,8 +177,8 @@ class ChatbotPoller:
                      sessions=[lead.key.session_id for lead, _ in notify[:20]])
             self.status.count_new(len(notify), now)
             if self.metrics is not None:
-                for lead, _ in notify:
-                    self.metrics.leads_new.labels(chatbot.name, lead.type).inc()
+                for kind, count in collections.Counter(lead.type for lead, _ in notify).items():
+                    self.metrics.leads_new.labels(chatbot.name, kind).inc(count)
         if queued:
             self.on_queued()
         return len(notify), len(silent), queued

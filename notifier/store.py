@@ -27,6 +27,8 @@ from .leads import lead_from_stored
 from .schema import APPLICATION_ID, SCHEMA_VERSION, migrate
 from .types import Delivery, Lead, LeadKey
 
+_RAW_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # one encoder for every record
+
 
 @dataclass(frozen=True, slots=True)
 class PollRecord:
@@ -202,7 +204,7 @@ class Store:
             (serial, chatbot, poll.covered_from_us, now))
         flagged = [(lead, 1) for lead, _ in notify] + [(lead, 0) for lead in poll.silent]
         rows = [(serial, lead.key.session_id, lead.key.created_us, chatbot, lead.type,
-                 json.dumps(lead.raw, ensure_ascii=False), detected, notified)
+                 _RAW_JSON(lead.raw), detected, notified)
                 for lead, notified in flagged]
         db.executemany(
             "INSERT OR IGNORE INTO leads (serial, session_id, created_us, chatbot, type, raw, "

@@ -98,6 +98,7 @@ class WebhookSink(SinkBase):
         self.context = context
         self._where = public_url(config.url)
         self._key = signing_key(config.secret) if config.secret else None  # decoded once, not per send
+        self._timeout = aiohttp.ClientTimeout(total=config.timeout)
 
     def render(self, delivery: Delivery) -> str:
         return json.dumps(webhook_payload(delivery), ensure_ascii=False, indent=2)
@@ -117,7 +118,7 @@ class WebhookSink(SinkBase):
         try:
             async with self.context.http.post(
                 self.config.url, data=body, headers=headers, allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+                timeout=self._timeout,
             ) as response:
                 status = response.status
                 text = safe_text(await _read_some(response), 200)
