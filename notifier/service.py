@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -39,6 +40,16 @@ log = structlog.get_logger("notifier.service")
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def settle_heap() -> None:
+    """Move what lives as long as the daemon (config, pollers, their metric series: hundreds of
+    thousands of objects at 10,000 chatbots) out of the garbage collector's sight. Every full
+    collection used to walk all of it again: at 10,000 chatbots a burst of leads spent a quarter
+    of its CPU there. Called again after a reload, so the old config can still be collected."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def status_path(state_path: Path) -> Path:
@@ -162,6 +173,7 @@ class Service:
                      state=str(self.config.state_path),
                      http=f"{self.config.http.host}:{self.config.http.port}" if self.config.http else None)
             self.notifier.send(ready="1", status=self.status_line(), mainpid=str(os.getpid()))
+            settle_heap()
             self._start_polling()
             dispatcher = asyncio.create_task(self.dispatcher.run(self._stop), name="dispatcher")
             beat = asyncio.create_task(self.notifier.watchdog(self._beat, self._stop), name="watchdog")
@@ -200,6 +212,7 @@ class Service:
         self.config = new
         await self._stop_polling()
         self.pollers = self._pollers(new, old_pollers)
+        settle_heap()
         self._start_polling()
         self.dispatcher.wake()
         for sink in old_sinks.values():
