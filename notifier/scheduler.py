@@ -49,7 +49,6 @@ class PollScheduler:
     def __init__(self, pollers: Sequence[ChatbotPoller], *, workers: int) -> None:
         self.pollers = list(pollers)
         self.workers = workers
-        self.in_flight = 0
         self._heap: list[tuple[float, int, ChatbotPoller]] = []
         self._seq = 0
         self._ready: asyncio.Queue[tuple[float, ChatbotPoller]] = asyncio.Queue()
@@ -97,11 +96,7 @@ class PollScheduler:
         loop = asyncio.get_running_loop()
         while True:
             due, poller = await self._ready.get()
-            self.in_flight += 1
-            try:
-                ok = await poller.poll_logged()
-            finally:
-                self.in_flight -= 1
+            ok = await poller.poll_logged()  # never raises; cancelled, the chatbot goes with the scheduler
             self._push(next_due(poller, due, ok, loop.time()), poller)
 
 
