@@ -21,7 +21,19 @@ _RFC3339 = re.compile(
 
 
 class RecordError(ValueError):
-    """Why one record was skipped; the rest of the answer is still used."""
+    """Why one record was skipped; the rest of the answer is still used. `code` is a short,
+    stable label for metrics (`records_skipped_total{chatbot,reason}`)."""
+
+    def __init__(self, message: str, code: str = "invalid") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedRecord:
+    index: int  # position in Data
+    code: str  # short stable label: missing_field, session_id, create_time, type, not_object, ...
+    reason: str  # for the log: names the field, never quotes contact data
 
 
 def parse_instant(value: str) -> tuple[datetime, bool]:
@@ -96,7 +108,7 @@ def _lead_type(value: Any) -> LeadType:
 @dataclass(frozen=True, slots=True)
 class ParsedRecords:
     leads: list[Lead]
-    skipped: list[tuple[int, str]]  # (index in Data, reason)
+    skipped: list[SkippedRecord]
     naive_times: int  # CreateTime values without an offset, read as UTC
 
 
@@ -108,7 +120,7 @@ def parse_records(serial_number: str, data: Any) -> ParsedRecords:
     if not isinstance(data, list):
         raise RecordError(f"Data is {type(data).__name__}, not a list")
     leads: list[Lead] = []
-    skipped: list[tuple[int, str]] = []
+    skipped: list[SkippedRecord] = []
     naive = 0
     seen: set[tuple[int, int]] = set()
     for index, record in enumerate(data):
@@ -124,7 +136,7 @@ def parse_records(serial_number: str, data: Any) -> ParsedRecords:
             created, had_offset = parse_instant(record["CreateTime"])
             kind = _lead_type(record["Type"])
         except RecordError as exc:
-            skipped.append((index, str(exc)))
+            skipped.append(SkippedRecord(index, exc.code, str(exc)))
             continue
         naive += not had_offset
         key = LeadKey(serial_number, session, to_micros(created))

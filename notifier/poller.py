@@ -30,7 +30,7 @@ from . import logs
 from .api import LeadListClient
 from .config import ChatbotConfig
 from .exceptions import ApiError, StateError
-from .leads import to_micros
+from .leads import SkippedRecord, to_micros
 from .metrics import Metrics
 from .recorder import Recorder
 from .sinks import SinkConfig
@@ -213,8 +213,8 @@ class ChatbotPoller:
                         release="smarterbot-notifier outbox retry --held" if held else None)
         return batches, held
 
-    def _warn_skipped(self, skipped: list[tuple[int, str]], naive: int) -> None:
-        for index, reason in skipped:
+    def _warn_skipped(self, skipped: list[SkippedRecord], naive: int) -> None:
+        for index, _, reason in ((s.index, s.code, s.reason) for s in skipped):
             if reason not in self._warned:
                 if len(self._warned) > 1000:
                     self._warned.clear()

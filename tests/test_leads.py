@@ -71,8 +71,8 @@ def test_tolerates_string_numbers_duplicates_and_bad_records() -> None:
     assert parsed.leads[1].type == "Appointment"
     assert parsed.leads[1].name == ""
     assert parsed.leads[0].raw["SessionID"] == "31305"  # the record exactly as the API gave it
-    assert [i for i, _ in parsed.skipped] == [2, 3, 4, 5]
-    assert "SessionID is missing" in parsed.skipped[0][1]
+    assert [s.index for s in parsed.skipped] == [2, 3, 4, 5]
+    assert "SessionID is missing" in parsed.skipped[0].reason
 
 
 def test_data_null_is_empty() -> None:
