@@ -6,17 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import sqlite3
 from collections.abc import Mapping, Sequence
 
 import structlog
 from prometheus_client import Counter
 
 from .config import DeliveryConfig
-from .exceptions import PermanentError, RetryableError
+from .exceptions import PermanentError, RetryableError, StateError
+from .logs import scrub as scrub_secrets
 from .metrics import Metrics
 from .redact import scrub
-from .store import Store
+from .store import Outcome, Store
 from .text import safe_text
 from .types import Clock, Delivery, Sink
 
@@ -24,11 +24,14 @@ log = structlog.get_logger("notifier.dispatcher")
 
 MAX_RETRY_AFTER = 86_400.0
 IDLE_RECHECK = 5.0  # also picks up rows another process (outbox retry) made due
+STATE_RETRY = (0.5, 30.0)  # first and longest wait before writing outcomes again after a failed write
+CLOCK_STEP = 60.0  # the wall clock moved this much against the loop's monotonic clock: a step
 
 
 class Dispatcher:
     def __init__(self, store: Store, sinks: Mapping[str, Sink], config: DeliveryConfig,
-                 clock: Clock, metrics: Metrics | None = None) -> None:
+                 clock: Clock, metrics: Metrics | None = None,
+                 state_retry: tuple[float, float] = STATE_RETRY) -> None:
         self.metrics = metrics
         self.store = store
         self.sinks = dict(sinks)
@@ -41,7 +44,15 @@ class Dispatcher:
         self._ready_at: dict[str, float] = {}  # loop time a paced sink may send again
         self._pace_wait: float | None = None  # a paced sink has due work after this many seconds
         self._series: dict[tuple[str, str], Counter] = {}
-        self._done: list[tuple[int, str | None]] = []  # delivered (id, receipt), not yet marked done
+        # Outcomes of finished attempts, written in one transaction per turn. Their rows stay busy
+        # until written: a delivery whose outcome is not recorded is never sent again meanwhile.
+        self._outcomes: list[Outcome] = []
+        self.state_retry = state_retry
+        self.problem: str | None = None  # the state refuses writes: nothing new is sent
+        self._problem_since = 0.0
+        self._write_failures = 0
+        self._write_again_at = 0.0  # loop time of the next try to write the outcomes
+        self._clock_offset: float | None = None  # wall minus monotonic, to notice clock steps
         self.delivered = 0
         self.failed = 0
 
@@ -62,10 +73,19 @@ class Dispatcher:
         """Start as many due deliveries as concurrency and pacing allow; returns how many started.
         Each sink is asked separately, so a backlog on one paced sink never starves the others."""
         self.flush()
+        self._pace_wait = None
+        if self.problem is not None:  # outcomes wait to be written: nothing new goes out
+            return 0
+        try:
+            return self._start_due()
+        except StateError as exc:  # a read failed: the same pause as a failed write
+            self._state_failed(str(exc))
+            return 0
+
+    def _start_due(self) -> int:
         loop = asyncio.get_running_loop()
         now = self.clock().timestamp()
         started = 0
-        self._pace_wait = None
         for name, sink in self.sinks.items():
             free = self.config.concurrency - len(self._tasks)
             if free <= 0:
@@ -94,17 +114,60 @@ class Dispatcher:
         return started
 
     def flush(self) -> None:
-        """Mark delivered rows done in one transaction per loop turn, not one per delivery. A
-        crash before this commit can only repeat those deliveries (same webhook-id)."""
-        if not self._done:
+        """Write the outcomes of finished attempts in one transaction per loop turn, not one per
+        delivery. A crash before this commit can only repeat those deliveries (same webhook-id).
+        If the state refuses the write (disk full, locked, file gone) the outcomes stay here and
+        their rows stay busy, nothing new is sent, and the write is tried again with backoff."""
+        if not self._outcomes and self.problem is None:
             return
-        done, self._done = self._done, []
+        loop = asyncio.get_running_loop()
+        if self.problem is not None and loop.time() < self._write_again_at:
+            return
         try:
-            self.store.mark_done(done, self.clock().timestamp())
-        except sqlite3.Error as exc:
-            log.error("state write failed after deliveries; they will be sent again", count=len(done),
-                      error=str(exc))
-        self._busy.difference_update(i for i, _ in done)
+            if self.store.problem is not None:
+                raise StateError(self.store.problem)
+            if self._outcomes:
+                self.store.settle(self._outcomes)
+        except StateError as exc:
+            self._state_failed(str(exc))
+            return
+        settled, self._outcomes = self._outcomes, []
+        self._busy.difference_update(i for outcome in settled for i in outcome.ids)
+        if self.problem is not None:
+            log.warning("state accepts writes again; delivery resumes", recorded=len(settled),
+                        outage_seconds=round(loop.time() - self._problem_since, 1))
+            self.problem = None
+            self._write_failures = 0
+
+    def _state_failed(self, error: str) -> None:
+        """One log line per outage, not one per try; the next try backs off."""
+        loop = asyncio.get_running_loop()
+        if self.problem is None:
+            self._problem_since = loop.time()
+            log.error("state refuses writes; no delivery is sent until it accepts them (outcomes already "
+                      "known are kept and written then)", error=error, unrecorded=len(self._outcomes))
+        self.problem = f"state: cannot record deliveries: {error}"
+        self._write_failures += 1
+        first, longest = self.state_retry
+        self._write_again_at = loop.time() + min(longest, first * 2 ** (self._write_failures - 1))
+
+    def _check_clock(self) -> None:
+        """A wall clock stepped back (NTP after a wrong time) would strand retries scheduled under
+        the old time; move them back by the step."""
+        loop_now = asyncio.get_running_loop().time()
+        wall = self.clock().timestamp()
+        offset = wall - loop_now
+        previous, self._clock_offset = self._clock_offset, offset
+        if previous is not None and previous - offset > CLOCK_STEP:
+            step = previous - offset
+            try:
+                moved = self.store.reschedule_after_clock_step(wall, step)
+            except StateError as exc:
+                self._state_failed(str(exc))
+                self._clock_offset = previous  # try again on the next turn
+                return
+            log.warning("wall clock stepped back; pending retries rescheduled", step_seconds=round(step),
+                        deliveries=moved)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -116,10 +179,9 @@ class Dispatcher:
         try:
             while not stop.is_set():
                 self._wake.clear()
+                self._check_clock()
                 self.start_due()
-                now = self.clock().timestamp()
-                next_at = self.store.next_due(self.sinks, after=now)
-                timeout = IDLE_RECHECK if next_at is None else min(IDLE_RECHECK, max(0.0, next_at - now))
+                timeout = self._idle_wait()
                 if self._pace_wait is not None:
                     timeout = min(timeout, self._pace_wait)
                 waking = asyncio.ensure_future(self._wake.wait())
@@ -128,6 +190,18 @@ class Dispatcher:
         finally:
             stopping.cancel()
             await self.drain(self.config.shutdown_grace)
+
+    def _idle_wait(self) -> float:
+        """Seconds until there may be something to do without being woken."""
+        if self.problem is not None:
+            return max(0.0, self._write_again_at - asyncio.get_running_loop().time())
+        now = self.clock().timestamp()
+        try:
+            next_at = self.store.next_due(self.sinks, after=now)
+        except StateError as exc:
+            self._state_failed(str(exc))
+            return self._idle_wait()
+        return IDLE_RECHECK if next_at is None else min(IDLE_RECHECK, max(0.0, next_at - now))
 
     async def deliver_due(self) -> None:
         """Deliver everything due now, waiting for each to finish (the `once` command)."""
@@ -144,11 +218,15 @@ class Dispatcher:
     async def drain(self, grace: float) -> None:
         """Let in-flight deliveries finish within `grace` seconds, then cancel the rest: they
         stay pending and are sent after the next start (the same webhook-id)."""
-        if not self._tasks:
-            self.flush()
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        pending: set[asyncio.Task[None]] = set()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        self._write_again_at = 0.0  # a last try, whatever the backoff
         self.flush()
+        if self._outcomes:
+            log.error("outcomes of deliveries could not be recorded before exit; they will be sent again "
+                      "after the next start (same webhook-id)", count=sum(len(o.ids) for o in self._outcomes),
+                      error=self.problem)
         if pending:
             log.warning("deliveries still in flight at shutdown; left pending for the next start",
                         count=len(pending))
@@ -158,70 +236,69 @@ class Dispatcher:
 
     # -- one delivery -------------------------------------------------------------------
     async def _deliver(self, group: Sequence[Delivery]) -> None:
-        try:
-            await self._attempt(group)
-        except sqlite3.Error as exc:  # the outcome could not be recorded: the row stays as it was
-            log.error("state write failed after a delivery attempt; it will be attempted again",
-                      sink=group[0].sink, webhook_id=group[0].webhook_id, error=str(exc))
-
-    async def _attempt(self, group: Sequence[Delivery]) -> None:
         first = group[0]
         ids = [d.id for d in group]
-        sink = self.sinks[first.sink]
+        outcome: Outcome | None = None
+        try:
+            sink = self.sinks.get(first.sink)
+            if sink is None:  # removed by a reload since it was picked: the row stays as it was
+                return
+            outcome = await self._attempt(sink, group)
+        finally:
+            if outcome is None:  # cancelled by our own shutdown: not an attempt, the row stays as it was
+                self._busy.difference_update(ids)
+            else:
+                self._outcomes.append(outcome)  # written by flush(); the rows stay busy until then
+            self._per_sink[first.sink] -= 1
+
+    async def _attempt(self, sink: Sink, group: Sequence[Delivery]) -> Outcome:
+        first = group[0]
         attempt = first.attempts + 1
         if sink.min_interval:  # paced from the moment the message really leaves, not when queued
             self._ready_at[first.sink] = asyncio.get_running_loop().time() + sink.min_interval
-        delivered = False
         try:
             if first.batch is None:
                 receipt = await sink.send(first)
             else:
                 receipt = await sink.send_digest(group)
-        except asyncio.CancelledError:
-            raise
         except PermanentError as exc:
-            self._record_failure(group, attempt, exc.reason, retryable=False, status=exc.status)
+            return self._failure(group, attempt, exc.reason, retryable=False, status=exc.status)
         except RetryableError as exc:
-            self._record_failure(group, attempt, exc.reason, retryable=True, retry_after=exc.retry_after,
+            return self._failure(group, attempt, exc.reason, retryable=True, retry_after=exc.retry_after,
                                  status=exc.status)
         except Exception as exc:  # a sink bug: keep the lead, retry, and say so loudly
             # the traceback only at debug: an exception's text may quote the lead
             log.debug("sink raised an unexpected error", sink=first.sink, exc_info=True)
-            self._record_failure(group, attempt, f"internal error (a bug, please report it): "
+            return self._failure(group, attempt, f"internal error (a bug, please report it): "
                                  f"{type(exc).__name__}: {exc}", retryable=True)
-        else:
-            self._count(first.sink, "delivered", len(group))
-            self._done.extend((i, receipt) for i in ids)  # committed by flush(); the ids stay busy until then
-            delivered = True
-            self.delivered += len(group)
-            log.info("delivered", sink=first.sink, chatbot=first.chatbot, webhook_id=first.webhook_id,
-                     type=first.lead.type, attempt=attempt, leads=len(group))
-        finally:
-            if not delivered:
-                self._busy.difference_update(ids)
-            self._per_sink[first.sink] -= 1
+        self._count(first.sink, "delivered", len(group))
+        self.delivered += len(group)
+        log.info("delivered", sink=first.sink, chatbot=first.chatbot, session_id=first.lead.key.session_id,
+                 webhook_id=first.webhook_id, type=first.lead.type, attempt=attempt, leads=len(group))
+        return Outcome(tuple(d.id for d in group), "done", self.clock().timestamp(), detail=receipt)
 
-    def _record_failure(self, group: Sequence[Delivery], attempt: int, reason: str, *,
-                        retryable: bool, retry_after: float | None = None, status: int | str | None = None) -> None:
+    def _failure(self, group: Sequence[Delivery], attempt: int, reason: str, *,
+                 retryable: bool, retry_after: float | None = None, status: int | str | None = None) -> Outcome:
         first = group[0]
-        ids = [d.id for d in group]
-        reason = scrub(safe_text(reason, 500), (d.lead for d in group))  # receivers may echo the lead back
+        ids = tuple(d.id for d in group)
+        # receivers may echo the lead or our credentials back: neither reaches the log or the ledger
+        reason = scrub_secrets(scrub(safe_text(reason, 500), (d.lead for d in group)))
         code = None if status is None else str(status)
         now = self.clock().timestamp()
         self.failed += 1
-        fields = {"sink": first.sink, "chatbot": first.chatbot, "webhook_id": first.webhook_id,
+        fields = {"sink": first.sink, "chatbot": first.chatbot, "session_id": first.lead.key.session_id,
+                  "webhook_id": first.webhook_id,
                   "attempt": attempt, "reason": reason, "leads": len(group)}
         self._count(first.sink, "retry" if retryable and attempt < self.config.max_attempts else "dead", len(group))
         if not retryable:
-            self.store.mark_dead(ids, now, f"permanent: {reason}", code)
             log.error("delivery failed permanently; moved to dead letters", **fields)
-        elif attempt >= self.config.max_attempts:
-            self.store.mark_dead(ids, now, f"gave up after {attempt} attempts: {reason}", code)
+            return Outcome(ids, "dead", now, detail=f"permanent: {reason}", status=code)
+        if attempt >= self.config.max_attempts:
             log.error("delivery gave up; moved to dead letters", **fields)
-        else:
-            delay = self.backoff(attempt, retry_after)
-            self.store.mark_retry(ids, now, now + delay, reason, code)
-            log.warning("delivery failed; will retry", retry_in=round(delay, 1), **fields)
+            return Outcome(ids, "dead", now, detail=f"gave up after {attempt} attempts: {reason}", status=code)
+        delay = self.backoff(attempt, retry_after)
+        log.warning("delivery failed; will retry", retry_in=round(delay, 1), **fields)
+        return Outcome(ids, "retry", now, next_at=now + delay, detail=reason, status=code)
 
     def _count(self, sink: str, outcome: str, n: int) -> None:
         if self.metrics is not None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -135,8 +134,8 @@ class ChatbotPoller:
         self._warn_skipped(parsed.skipped, parsed.naive_times)
         try:
             result = await self._record(parsed.leads, window, now)
-        except sqlite3.Error as exc:
-            raise StateError(f"chatbot {chatbot.name!r}: state write failed, nothing recorded: {exc}") from None
+        except StateError as exc:
+            raise StateError(f"chatbot {chatbot.name!r}: nothing recorded: {exc}") from None
         self._digest = answer.body_digest
         return PollResult(records=len(parsed.leads), skipped=len(parsed.skipped), new=result[0],
                           baselined=result[1], queued=result[2])

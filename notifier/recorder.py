@@ -5,12 +5,16 @@ burst, thousands of chatbots each with a new lead, those fsyncs cost more CPU th
 themselves. So a poll with something to record joins the commit of the current loop turn (the
 first to join schedules it): no poll waits longer than that turn, and a poll still returns only
 once its records are committed, so a finished poll means what it always meant.
+
+One poll's failure is never another's: when a shared commit fails, each poll of the group is
+written again in a transaction of its own, so only the guilty poll fails.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+from .exceptions import StateError
 from .store import PollRecord, Store
 
 
@@ -22,8 +26,8 @@ class Recorder:
         self._group: list[tuple[PollRecord, asyncio.Future[int]]] = []
 
     async def record(self, poll: PollRecord) -> int:
-        """The number of deliveries queued; raises sqlite3.Error if the commit failed (then
-        nothing of any poll in the group was recorded)."""
+        """The number of deliveries queued; raises StateError if this poll's records could not be
+        committed (then nothing of it was recorded)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
         self._group.append((poll, future))
@@ -35,13 +39,28 @@ class Recorder:
         group, self._group = self._group, []
         try:
             counts = self.store.record_polls([poll for poll, _ in group])
-        except Exception as exc:
-            for _, future in group:
-                if not future.done():
-                    future.set_exception(exc)
+        except StateError as exc:
+            if len(group) == 1:
+                _resolve(group[0][1], exc)
+            else:  # one poll may be to blame: each on its own, so the others still get through
+                for poll, future in group:
+                    try:
+                        _resolve(future, self.store.record_polls([poll])[0])
+                        self.commits += 1
+                        self.polls += 1
+                    except StateError as own:
+                        _resolve(future, own)
             return
         self.commits += 1
         self.polls += len(group)
         for (_, future), count in zip(group, counts, strict=True):
-            if not future.done():  # a poll cancelled meanwhile: its records are committed all the same
-                future.set_result(count)
+            _resolve(future, count)
+
+
+def _resolve(future: asyncio.Future[int], result: int | BaseException) -> None:
+    if future.done():  # a poll cancelled meanwhile: its records are committed all the same
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)

@@ -58,12 +58,14 @@ def status_path(state_path: Path) -> Path:
 
 class Service:
     def __init__(self, config: Config, *, clock: Clock = utc_now, stdout: IO[str] | None = None,
-                 reload: Callable[[], Config] | None = None, notifier: Notifier | None = None) -> None:
+                 reload: Callable[[], Config] | None = None, notifier: Notifier | None = None,
+                 beat_interval: float = 10.0) -> None:
         self.config = config
         self.clock = clock
         self.stdout = stdout
         self._reload = reload
         self.notifier = notifier or Notifier()
+        self.beat_interval = beat_interval  # status file, state file check, systemd STATUS=
         self.metrics = Metrics()
         self._stop = asyncio.Event()
         self.store: Store | None = None
@@ -176,7 +178,8 @@ class Service:
             settle_heap()
             self._start_polling()
             dispatcher = asyncio.create_task(self.dispatcher.run(self._stop), name="dispatcher")
-            beat = asyncio.create_task(self.notifier.watchdog(self._beat, self._stop), name="watchdog")
+            beat = asyncio.create_task(self.notifier.watchdog(self._beat, self._stop, self.beat_interval),
+                                       name="watchdog")
             await self._stop.wait()
             await self._stop_polling()
             await asyncio.gather(beat, return_exceptions=True)
@@ -230,8 +233,24 @@ class Service:
         return f"{polled}/{len(self.pollers)} chatbots polled, {leads} leads today, {pending} deliveries pending"
 
     def _beat(self) -> str:
+        self._check_state_file()
         self._write_status()
         return self.status_line()
+
+    def _check_state_file(self) -> None:
+        """Each beat: is the file we write still the state file? If not, every write stops (no
+        poll records, no delivery goes out) and readiness says why until it is back."""
+        if self.store is None:
+            return
+        known = self.store.problem
+        problem = self.store.verify()
+        if problem != known:
+            if problem:
+                log.error("state file lost; polls record nothing and deliveries pause", problem=problem)
+            else:
+                log.warning("state file is back; polls and deliveries resume")
+            if self.dispatcher is not None:
+                self.dispatcher.wake()
 
     def _write_status(self) -> None:
         """A small JSON file beside the state for `status` (another process) to read; written

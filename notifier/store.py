@@ -13,20 +13,28 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import sqlite3
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, ParamSpec, TypeVar
+
+import structlog
 
 from .exceptions import StateError
 from .leads import lead_from_stored
 from .schema import APPLICATION_ID, SCHEMA_VERSION, migrate
 from .types import Delivery, Lead, LeadKey
 
+log = structlog.get_logger("notifier.store")
+P = ParamSpec("P")
+R = TypeVar("R")
+# what a write can fail with: SQLite's own errors, and values it cannot bind (an int past 64 bits)
+_WRITE_ERRORS = (sqlite3.Error, OverflowError, ValueError, UnicodeError)
 _RAW_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # one encoder for every record
 
 
@@ -47,6 +55,33 @@ class PollRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one attempt of the deliveries `ids` (one, or a digest's): delivered
+    (`detail` is the receiver's receipt), to be retried at `next_at`, or dead."""
+
+    ids: tuple[int, ...]
+    state: Literal["done", "retry", "dead"]
+    at: float
+    next_at: float | None = None
+    detail: str | None = None
+    status: str | None = None
+
+
+def _reading(method: Callable[P, R]) -> Callable[P, R]:
+    """A read the daemon depends on: a failure is a StateError, never a raw sqlite3 error."""
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.Error as exc:
+            raise StateError(f"state read failed: {exc}") from None
+    return wrapper
+
+
+_LEDGER_OUTCOME = {"done": "delivered", "retry": "retry", "dead": "dead"}
+
+
+@dataclass(frozen=True, slots=True)
 class SinkCounts:
     pending: int = 0
     held: int = 0
@@ -60,7 +95,10 @@ class Store:
     def __init__(self, path: Path, *, lock: bool = True, create: bool = True) -> None:
         self.path = path
         self._lock_fd: int | None = None
+        self.problem: str | None = None  # set by verify(): the file is gone, nothing may be written
         self._db = self._open(create)
+        stat = os.stat(path)
+        self._identity = (stat.st_dev, stat.st_ino)
         if lock:
             self._lock()
 
@@ -142,11 +180,42 @@ class Store:
         self._lock_fd = fd
 
     def close(self) -> None:
+        copy = self._rescue() if self.problem is not None and self._lock_fd is not None else None
         with contextlib.suppress(sqlite3.Error):
-            self._db.close()
+            self._db.close()  # a clean close checkpoints into the old file and removes its -wal by name
+        if copy is not None:
+            self._place(copy)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def _rescue(self) -> Path | None:
+        """The file was deleted or replaced under a running daemon: everything we know (pending
+        deliveries, seen keys) exists only in our open copy. Save it before closing, so the next
+        start finds what was pending instead of baselining it."""
+        copy = self.path.with_name(f"{self.path.name}.rescued-{os.getpid()}")
+        try:
+            fd = os.open(copy, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+            os.close(fd)
+            with contextlib.closing(sqlite3.connect(copy)) as target:
+                self._db.backup(target)
+        except (sqlite3.Error, OSError) as exc:
+            log.error("could not save the state that was deleted under the daemon", path=str(copy),
+                      error=str(exc))
+            return None
+        return copy
+
+    def _place(self, copy: Path) -> None:
+        """Put the saved copy where the next start looks, unless something else sits there now."""
+        if not self.path.exists():
+            with contextlib.suppress(OSError):
+                os.link(copy, self.path)  # never replaces a file that appeared meanwhile
+                os.unlink(copy)
+                log.warning("state restored from the running daemon's copy", path=str(self.path))
+                return
+        log.error("state saved from the running daemon's copy beside a state file that is not ours; "
+                  "it holds what was pending: move it into place before the next start",
+                  saved=str(copy), path=str(self.path))
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -155,27 +224,55 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction. Nothing from sqlite3 leaves it: a failed write (disk full,
+        locked, a value SQLite cannot store) is a StateError and nothing of it was written."""
+        if self.problem is not None:
+            raise StateError(self.problem)
         db = self._db
-        if durable:
-            db.execute("PRAGMA synchronous = FULL")
-        db.execute("BEGIN IMMEDIATE")
         try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
-        finally:
             if durable:
-                db.execute("PRAGMA synchronous = NORMAL")
+                db.execute("PRAGMA synchronous = FULL")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                raise
+            finally:
+                if durable:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("PRAGMA synchronous = NORMAL")
+        except _WRITE_ERRORS as exc:
+            raise StateError(f"state write failed: {exc}") from None
+
+    def verify(self) -> str | None:
+        """Whether the file we write is still the state file: deleted or replaced under us, every
+        write would go to a file nobody will ever open again, and the next start would begin
+        afresh (and baseline what is pending). Sets `problem`, which stops every write."""
+        try:
+            now = os.stat(self.path)
+            same = (now.st_dev, now.st_ino) == self._identity
+        except OSError:
+            same = False
+        if same:
+            self.problem = None
+        elif self.problem is None:
+            self.problem = (f"state file {self.path} was deleted or replaced while the daemon runs; "
+                            "nothing more is written or sent until it is back (restore it, or restart "
+                            "to begin afresh)")
+        return self.problem
 
     # -- seen keys ----------------------------------------------------------------------
+    @_reading
     def coverage(self, serial: str) -> int | None:
         """From which CreateTime on this chatbot's seen keys are complete; None before its first poll."""
         row = self._db.execute("SELECT covered_from_us FROM chatbots WHERE serial = ?", (serial,)).fetchone()
         return None if row is None else int(row[0])
 
+    @_reading
     def seen_since(self, serial: str, since_us: int) -> set[tuple[int, int]]:
         rows = self._db.execute(
             "SELECT session_id, created_us FROM leads WHERE serial = ? AND created_us >= ?",
@@ -263,6 +360,7 @@ class Store:
     NEXT_DUE_SQL = ("SELECT min(next_at) FROM outbox WHERE state = 'pending' AND sink IN ({marks}) "
                     "AND next_at > ?")
 
+    @_reading
     def due(self, now: float, sinks: Collection[str], limit: int, skip: Collection[int] = ()) -> list[Delivery]:
         """Due deliveries, oldest first; rows in `skip` (already in flight) are not decoded."""
         if not sinks:
@@ -271,6 +369,7 @@ class Store:
         rows = self._db.execute(sql, (*sinks, now, limit + len(skip))).fetchall()
         return [_delivery(row) for row in rows if row[0] not in skip][:limit]
 
+    @_reading
     def batch(self, sink: str, batch: int) -> list[Delivery]:
         rows = self._db.execute(
             f"SELECT {self._DELIVERY_COLUMNS} FROM outbox o JOIN leads l ON l.id = o.lead_id "  # noqa: S608
@@ -278,6 +377,7 @@ class Store:
             (sink, batch)).fetchall()
         return [_delivery(row) for row in rows]
 
+    @_reading
     def next_due(self, sinks: Collection[str], after: float) -> float | None:
         """The first due time strictly after `after` (what is due now is already being handled)."""
         if not sinks:
@@ -286,25 +386,39 @@ class Store:
                                (*sinks, after)).fetchone()
         return None if row[0] is None else float(row[0])
 
+    def settle(self, outcomes: Sequence[Outcome]) -> None:
+        """Record the outcome of many attempts in one transaction (one per dispatcher turn)."""
+        with self.transaction() as db:
+            done = [(o.at, i) for o in outcomes if o.state == "done" for i in o.ids]
+            retry = [(o.next_at, o.detail, o.at, i) for o in outcomes if o.state == "retry" for i in o.ids]
+            dead = [(o.detail, o.at, i) for o in outcomes if o.state == "dead" for i in o.ids]
+            db.executemany("UPDATE outbox SET state = 'done', attempts = attempts + 1, last_error = NULL, "
+                           "updated_at = ? WHERE id = ?", done)
+            db.executemany("UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ?, "
+                           "updated_at = ? WHERE id = ?", retry)
+            db.executemany("UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?, "
+                           "updated_at = ? WHERE id = ?", dead)
+            self._ledger(db, [(i, o.at, _LEDGER_OUTCOME[o.state], o.status, o.detail)
+                              if o.state != "done" else (i, o.at, "delivered", o.detail, None)
+                              for o in outcomes for i in o.ids])
+
     def mark_done(self, receipts: Sequence[tuple[int, str | None]], now: float) -> None:
         """`receipts`: (outbox id, what the receiver answered, e.g. "HTTP 200" or an SMTP reply)."""
-        with self.transaction() as db:
-            db.executemany("UPDATE outbox SET state = 'done', attempts = attempts + 1, last_error = NULL, "
-                           "updated_at = ? WHERE id = ?", [(now, i) for i, _ in receipts])
-            self._ledger(db, [(i, now, "delivered", receipt, None) for i, receipt in receipts])
+        self.settle([Outcome((i,), "done", now, detail=receipt) for i, receipt in receipts])
 
     def mark_retry(self, ids: Sequence[int], now: float, next_at: float, error: str,
                    status: str | None = None) -> None:
-        with self.transaction() as db:
-            db.executemany("UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ?, "
-                           "updated_at = ? WHERE id = ?", [(next_at, error, now, i) for i in ids])
-            self._ledger(db, [(i, now, "retry", status, error) for i in ids])
+        self.settle([Outcome(tuple(ids), "retry", now, next_at=next_at, detail=error, status=status)])
 
     def mark_dead(self, ids: Sequence[int], now: float, error: str, status: str | None = None) -> None:
+        self.settle([Outcome(tuple(ids), "dead", now, detail=error, status=status)])
+
+    def reschedule_after_clock_step(self, now: float, step: float) -> int:
+        """The wall clock went back by `step` seconds: retries scheduled under the old clock would
+        wait that much longer. Move them back by the step (never before now)."""
         with self.transaction() as db:
-            db.executemany("UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?, "
-                           "updated_at = ? WHERE id = ?", [(error, now, i) for i in ids])
-            self._ledger(db, [(i, now, "dead", status, error) for i in ids])
+            return db.execute("UPDATE outbox SET next_at = max(?1, next_at - ?2) "
+                              "WHERE state = 'pending' AND next_at > ?1", (now, step)).rowcount
 
     @staticmethod
     def _ledger(db: sqlite3.Connection, rows: Sequence[tuple[int, float, str, str | None, str | None]]) -> None:
@@ -315,6 +429,7 @@ class Store:
             "SELECT lead_id, sink, ?2, attempts, ?3, ?4, ?5 FROM outbox WHERE id = ?1",
             [(i, at, outcome, _cut(status, 200), _cut(detail, 500)) for i, at, outcome, status, detail in rows])
 
+    @_reading
     def sink_counts(self) -> dict[str, SinkCounts]:
         counts: dict[str, dict[str, int]] = {}
         for sink, state, n in self._db.execute("SELECT sink, state, count(*) FROM outbox GROUP BY sink, state"):

@@ -41,10 +41,10 @@ class Notifier:
             return True
         return False
 
-    async def watchdog(self, status: Callable[[], str], stop: asyncio.Event) -> None:
+    async def watchdog(self, status: Callable[[], str], stop: asyncio.Event, beat: float = 10.0) -> None:
         """Pings WATCHDOG=1 from the event loop itself, so a stuck loop stops the pings and
-        systemd restarts the service; refreshes STATUS= on the same beat (at least every 10 s)."""
-        interval = min(self.watchdog_interval or 10.0, 10.0)
+        systemd restarts the service; refreshes STATUS= on the same beat (at least every `beat` s)."""
+        interval = min(self.watchdog_interval or beat, beat)
         while not stop.is_set():
             fields = {"status": status()}
             if self.watchdog_interval is not None:

@@ -13,12 +13,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from notifier.config import load_config
 from notifier.service import Service
 from notifier.simulator import Simulator
 
-from .conftest import SERIAL_A, SERIAL_B, Receiver, baselined, until, write_config
+from .conftest import SERIAL_A, SERIAL_B, Receiver, baselined, serve, until, write_config
 
 FAULTS = {
     "http-500": {"status": 500, "body": b"Internal Server Error"},
@@ -158,7 +159,7 @@ async def test_full_disk_is_a_clear_error_and_nothing_half_written(
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     text = err.decode()
     assert proc.returncode == 1, text
-    assert "state write failed, nothing recorded" in text and "Traceback" not in text
+    assert "nothing recorded: state write failed" in text and "Traceback" not in text
     with sqlite3.connect(tmp_path / "state.db") as db:
         assert db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
         assert db.execute("SELECT count(*) FROM leads").fetchone()[0] == 0  # all or nothing
@@ -175,3 +176,93 @@ def test_state_in_a_path_that_cannot_be_a_directory(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(StateError, match="cannot create state file"):
         Store(tmp_path / "file" / "state.db")
+
+
+async def test_an_outcome_the_state_refuses_is_never_sent_again_meanwhile(
+        simulator: tuple[Simulator, str], receiver: Receiver, tmp_path: Path) -> None:
+    """Issue 12.1: a failed "done" commit released the row and it was sent again at once (13,308
+    times in 10 s on a full disk). Here the receiver itself takes the state's write lock before it
+    answers 200, as a backup tool might: the outcome cannot be written, and until it can, the lead
+    is not sent again and nothing new is started; then it is written once and never repeated."""
+    sim, url = simulator
+    holder: list[sqlite3.Connection] = []
+
+    async def lock_then_accept(request: web.Request) -> web.Response:
+        if not holder:
+            holder.append(sqlite3.connect(tmp_path / "state.db", isolation_level=None))
+            holder[0].execute("BEGIN EXCLUSIVE")
+        return await receiver.handle(request)
+
+    runner, hook = await serve(lock_then_accept)
+    service = Service(load_config(write_config(tmp_path, url, hook)))
+    task = asyncio.create_task(service.run(install_signals=False))
+    try:
+        await until(lambda: baselined(service), what="baseline")
+        assert service.store is not None and service.dispatcher is not None
+        service.store._db.execute("PRAGMA busy_timeout = 50")
+        dispatcher = service.dispatcher
+        sim.add_lead(SERIAL_A)
+        await until(lambda: getattr(dispatcher, "_write_failures", 0) >= 3 or len(receiver.received) > 1,
+                    what="three failed writes of the outcome")
+        assert len(receiver.received) == 1
+        assert "cannot record deliveries" in (dispatcher.problem or "")
+        holder[0].execute("ROLLBACK")
+        await until(lambda: dispatcher.problem is None, what="the outcome written once the lock is gone")
+        second = sim.add_lead(SERIAL_A)
+        await until(lambda: len(receiver.received) == 2, what="the next lead")
+        assert int(receiver.received[1].json["data"]["lead"]["SessionID"]) == second["SessionID"]
+    finally:
+        for connection in holder:
+            connection.close()
+        service.stop()
+        await asyncio.wait_for(task, 10)
+        await runner.cleanup()
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        assert db.execute("SELECT state, attempts FROM outbox ORDER BY id").fetchall() == [("done", 1), ("done", 1)]
+
+
+async def test_a_state_file_deleted_under_the_daemon_stops_writes_and_loses_nothing(
+        simulator: tuple[Simulator, str], receiver: Receiver, tmp_path: Path) -> None:
+    """Issue 12.6: deleted under a running daemon, the state went on into the deleted inode without a
+    word, and after a restart a pending lead was silently baselined. Now the beat notices, every
+    write stops and says why, and at exit the daemon's copy is put back: the pending lead is
+    delivered after the restart, never baselined."""
+    sim, url = simulator
+    config = load_config(write_config(tmp_path, url, receiver.url))
+    receiver.fail_every = 1  # the receiver is down: the lead stays pending
+    service = Service(config, beat_interval=0.05)
+    task = asyncio.create_task(service.run(install_signals=False))
+    try:
+        await until(lambda: baselined(service), what="baseline")
+        lead = sim.add_lead(SERIAL_A)
+        await until(lambda: len(receiver.received) >= 1, what="a failed attempt")
+        for path in tmp_path.glob("state.db*"):
+            if not path.name.endswith(".lock"):
+                path.unlink()
+        assert service.store is not None and service.dispatcher is not None
+        store, alpha = service.store, service.pollers[0]
+        await until(lambda: store.problem is not None, what="the beat noticed")
+        assert "deleted or replaced" in (store.problem or "")
+        late = sim.add_lead(SERIAL_B)  # found while the state is gone
+        beta = service.pollers[1]
+        await until(lambda: beta.status.failures > 0, what="a poll that cannot record")
+        assert "deleted or replaced" in (beta.status.last_error or "")
+        sent = len(receiver.received)
+        await until(lambda: service.dispatcher is not None and service.dispatcher.problem is not None,
+                    what="deliveries paused")
+        assert len(receiver.received) <= sent + 1  # at most the attempt in flight when it was noticed
+        assert alpha.status.failures == 0 or "deleted" in (alpha.status.last_error or "")
+    finally:
+        service.stop()
+        await asyncio.wait_for(task, 10)
+    assert (tmp_path / "state.db").exists()  # the daemon's copy, put back at exit
+    receiver.fail_every = 0
+    again = Service(load_config(write_config(tmp_path, url, receiver.url)))
+    task = asyncio.create_task(again.run(install_signals=False))
+    try:
+        wanted = {lead["SessionID"], late["SessionID"]}
+        await until(lambda: wanted <= {int(r.json["data"]["lead"]["SessionID"]) for r in receiver.accepted},
+                    what="both leads after the restart")
+    finally:
+        again.stop()
+        await asyncio.wait_for(task, 10)

@@ -4,12 +4,13 @@ returns only once its own records are committed."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from notifier.exceptions import StateError
 from notifier.leads import parse_records
 from notifier.recorder import Recorder
 from notifier.store import PollRecord, Store
@@ -46,10 +47,23 @@ async def test_a_failed_commit_fails_every_poll_of_the_group_and_records_nothing
     store.db.execute("PRAGMA query_only = 1")  # every write now fails, as a full disk would
     results = await asyncio.gather(recorder.record(found("a", 1)), recorder.record(found("b", 2)),
                                    return_exceptions=True)
-    assert all(isinstance(r, sqlite3.Error) for r in results)
+    assert all(isinstance(r, StateError) for r in results)
     store.db.execute("PRAGMA query_only = 0")
     assert store.lead_count() == 0 and recorder.commits == 0
     assert await recorder.record(found("a", 1)) == 1  # and the next try works
+
+
+async def test_one_bad_poll_never_fails_the_others_of_its_group(store: Store) -> None:
+    """Issue 12.3: a record SQLite cannot store (here a SessionID past 64 bits, built directly so
+    the parser's own checks do not hide it) failed every chatbot sharing the commit."""
+    recorder = Recorder(store)
+    [lead] = found("bad", 7).notify[0][:1]
+    poison = replace(found("bad", 7), notify=[(replace(lead, key=replace(lead.key, session_id=2**70)), ("crm",))])
+    good, bad, other = await asyncio.gather(recorder.record(found("good", 1)), recorder.record(poison),
+                                            recorder.record(found("other", 2, 3)), return_exceptions=True)
+    assert (good, other) == (1, 2)
+    assert isinstance(bad, StateError) and "too large" in str(bad)
+    assert store.lead_count() == 3 and store.lead_count("bad") == 0
 
 
 async def test_a_poll_cancelled_while_waiting_is_recorded_all_the_same(store: Store) -> None:
