@@ -13,6 +13,7 @@ from . import logs
 from ._version import __version__
 from .config import Config, config_path, load_config
 from .exceptions import ConfigError, NotifierError
+from .text import safe_text, scrubbed
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -73,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
         dest="action", required=True, metavar="ACTION")
     forget = state.add_parser("forget", parents=[common], help="drop a chatbot's seen leads: baseline it again")
     forget.add_argument("chatbot", metavar="CHATBOT")
+    forget.add_argument("--yes", action="store_true", help="do not ask for confirmation on a terminal")
+    forget.add_argument("--dry-run", action="store_true", help="only say how many seen leads would be forgotten")
     sim = sub.add_parser("simulate", parents=[common], help="serve the built-in API simulator")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8765)
@@ -99,9 +102,15 @@ def _since(value: str) -> datetime:
 
 
 def _load(args: argparse.Namespace) -> Config:
+    """Every command that reads a config comes here, so its secrets are registered before the
+    command prints or logs anything (all output goes through logs.scrub)."""
     config = load_config(config_path(args.config))
     logs.register_secrets(config.secrets)
     return config
+
+
+def _error(message: str) -> None:
+    print(f"smarterbot-notifier: {message}", file=scrubbed(sys.stderr))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,10 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(_dispatch(args))
     except ConfigError as exc:
-        print(f"smarterbot-notifier: config error: {exc}", file=sys.stderr)
+        _error(f"config error: {exc}")
         return EXIT_CONFIG
     except NotifierError as exc:
-        print(f"smarterbot-notifier: {exc}", file=sys.stderr)
+        _error(str(exc))
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
@@ -125,7 +134,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
     command = args.command
     if command == "check":
         config = _load(args)
-        print(_summary(config))
+        print(_summary(config), file=scrubbed(sys.stdout))
         return EXIT_OK
     if command == "run":
         await Service(_load(args), reload=lambda: _load(args)).run()
@@ -133,18 +142,18 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if command == "once":
         failed = await Service(_load(args)).once()
         for name in failed:
-            print(f"smarterbot-notifier: poll failed for chatbot {name!r} (see the log above)", file=sys.stderr)
+            _error(f"poll failed for chatbot {safe_text(repr(name), 80)} (see the log above)")
         return EXIT_FAILED if failed else EXIT_OK
     if command in ("status", "outbox", "state", "leads"):
         return _admin(args)
     if command == "replay":
         from .replay import replay
-        await replay(_load(args), sys.stdout, sink=args.sink, session=args.session, since=args.since,
+        await replay(_load(args), scrubbed(sys.stdout), sink=args.sink, session=args.session, since=args.since,
                      chatbot=args.chatbot, dry_run=args.dry_run)
         return EXIT_OK
     if command == "test-sink":
         from .sample import send_sample
-        return EXIT_OK if await send_sample(_load(args), args.name) else EXIT_FAILED
+        return EXIT_OK if await send_sample(_load(args), args.name, scrubbed(sys.stdout)) else EXIT_FAILED
     if command == "demo":
         from .demo import run_demo
         return await run_demo(args.duration, args.every)
@@ -154,22 +163,22 @@ async def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _admin(args: argparse.Namespace) -> int:
-    import json
     from datetime import UTC, datetime
 
     from . import admin
 
     config = _load(args)
-    out = sys.stdout
+    out = scrubbed(sys.stdout)
     if args.command == "status":
         data = admin.status(config, datetime.now(UTC))
         if args.json:
-            print(json.dumps(data, indent=2))
+            admin.print_status_json(data, out)
         else:
             admin.print_status(data, out)
         return EXIT_OK
     if args.command == "state":
-        admin.state_forget(config, out, args.chatbot)
+        admin.state_forget(config, out, args.chatbot, yes=args.yes, dry_run=args.dry_run,
+                           ask=input if sys.stdin.isatty() else None)
         return EXIT_OK
     if args.command == "leads":
         return _leads(config, args)
@@ -189,24 +198,27 @@ def _leads(config: Config, args: argparse.Namespace) -> int:
         session = args.session_id if args.session_id is not None else args.session
         if session is None:
             raise ConfigError("leads show needs a SESSIONID")
-        ledger.show_lead(config, sys.stdout, session, as_json=args.json)
+        ledger.show_lead(config, scrubbed(sys.stdout), session, as_json=args.json)
     elif args.session_id is not None:
         raise ConfigError(f"unexpected {args.session_id}: did you mean `leads show {args.session_id}`?")
     else:
-        ledger.list_leads(config, sys.stdout, chatbot=args.chatbot, since=args.since, session=args.session,
+        ledger.list_leads(config, scrubbed(sys.stdout), chatbot=args.chatbot, since=args.since, session=args.session,
                           limit=max(1, args.limit), as_json=args.json)
     return EXIT_OK
 
 
 def _summary(config: Config) -> str:
-    lines = [f"config OK: {config.source}", f"  state: {config.state_path}",
-             f"  api: {config.api.base_url} ({config.api.requests_per_second:g} requests/s)"]
+    """What `check` understood. Names, paths and URLs are the config's own text (a TOML string
+    may hold any character): each is shown through safe_text, the whole is scrubbed on output."""
+    lines = [f"config OK: {safe_text(str(config.source), 300)}", f"  state: {safe_text(str(config.state_path), 300)}",
+             f"  api: {safe_text(config.api.base_url, 300)} ({config.api.requests_per_second:g} requests/s)"]
     for chatbot in config.chatbots:
-        lines.append(f"  chatbot {chatbot.name} ({chatbot.serial_number}): every {chatbot.interval:g}s, "
-                     f"lookback {chatbot.lookback_days}d, first run {chatbot.first_run} "
-                     f"-> {', '.join(chatbot.sinks)}")
+        lines.append(f"  chatbot {safe_text(chatbot.name, 80)} ({safe_text(chatbot.serial_number, 80)}): "
+                     f"every {chatbot.interval:g}s, lookback {chatbot.lookback_days}d, first run {chatbot.first_run} "
+                     f"-> {', '.join(safe_text(s, 80) for s in chatbot.sinks)}")
     for name, sink in config.sinks.items():
-        lines.append(f"  sink {name}: {sink.type}, types {', '.join(sorted(sink.types))}")
+        lines.append(f"  sink {safe_text(name, 80)}: {sink.type}, "
+                     f"types {', '.join(safe_text(t, 40) for t in sorted(sink.types))}")
     return "\n".join(lines)
 
 

@@ -83,6 +83,27 @@ class Config:
     def chatbot(self, name: str) -> ChatbotConfig | None:
         return next((c for c in self.chatbots if c.name == name or c.serial_number == name), None)
 
+    def rate_warning(self) -> str | None:
+        """When the shared [api] requests_per_second cannot keep every chatbot's interval: how far
+        behind the polls fall. `check` and the daemon's start say it; nothing else would."""
+        needed = sum(1.0 / chatbot.interval for chatbot in self.chatbots)
+        rate = self.api.requests_per_second
+        if needed <= rate * (1 + 1e-9):  # exactly enough is enough (600 / 60 s sums to 10.000000000000002)
+            return None
+        stretch = needed / rate
+        slowest = max(chatbot.interval for chatbot in self.chatbots) * stretch
+        return (f"{len(self.chatbots)} chatbots at their intervals need {needed:.3g} requests/s but "
+                f"api.requests_per_second is {rate:g}: every poll comes {stretch:.3g} times later than "
+                f"configured (up to every {_duration(slowest)}); raise requests_per_second or the intervals")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
 
 def config_path(explicit: str | None, env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env

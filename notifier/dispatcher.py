@@ -53,6 +53,7 @@ class Dispatcher:
         self._write_failures = 0
         self._write_again_at = 0.0  # loop time of the next try to write the outcomes
         self._clock_offset: float | None = None  # wall minus monotonic, to notice clock steps
+        self.stopping = False  # our own shutdown: a failure now is not the receiver's, nor an attempt
         self.delivered = 0
         self.failed = 0
 
@@ -203,9 +204,20 @@ class Dispatcher:
             return self._idle_wait()
         return IDLE_RECHECK if next_at is None else min(IDLE_RECHECK, max(0.0, next_at - now))
 
+    async def abort(self) -> None:
+        """Stop now (`once` interrupted): what is in flight is cancelled and stays as it was;
+        outcomes already known are written."""
+        self.stopping = True
+        tasks = set(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._write_again_at = 0.0
+        self.flush()
+
     async def deliver_due(self) -> None:
         """Deliver everything due now, waiting for each to finish (the `once` command)."""
-        while True:
+        while not self.stopping:
             started = self.start_due()
             self.flush()
             if self._tasks:
@@ -218,6 +230,7 @@ class Dispatcher:
     async def drain(self, grace: float) -> None:
         """Let in-flight deliveries finish within `grace` seconds, then cancel the rest: they
         stay pending and are sent after the next start (the same webhook-id)."""
+        self.stopping = True
         pending: set[asyncio.Task[None]] = set()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
@@ -244,6 +257,10 @@ class Dispatcher:
             if sink is None:  # removed by a reload since it was picked: the row stays as it was
                 return
             outcome = await self._attempt(sink, group)
+            if self.stopping and outcome.state == "retry":  # e.g. Ctrl-C took the receiver down with us
+                log.info("delivery interrupted by shutdown; left as it was, not counted as an attempt",
+                         sink=first.sink, webhook_id=first.webhook_id)
+                outcome = None
         finally:
             if outcome is None:  # cancelled by our own shutdown: not an attempt, the row stays as it was
                 self._busy.difference_update(ids)

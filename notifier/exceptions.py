@@ -35,11 +35,12 @@ class ApiError(NotifierError):
     """The vendor API failed for one chatbot; `message` is the vendor's own Message when it sent one."""
 
     def __init__(self, chatbot: str, message: str, code: int | str | None = None,
-                 http_status: int | None = None) -> None:
+                 http_status: int | None = None, retry_after: float | None = None) -> None:
         self.chatbot = chatbot
         self.message = message
         self.code = code
         self.http_status = http_status
+        self.retry_after = retry_after  # seconds the vendor asked us to wait (its Retry-After), clamped
         super().__init__(str(self))
 
     def __str__(self) -> str:

@@ -1,10 +1,11 @@
 """`smarterbot-notifier leads`: "did we get that lead, and who was told?" answered from the state
 file — recent leads with each sink's state, or one lead's whole story (detected when, each attempt
-and what the receiver answered). Lead text is shown through safe_text: it was typed by strangers."""
+and what the receiver answered). Lead text is shown through safe_text (and --json through
+safe_json): it was typed by strangers. Everything printed is scrubbed of the config's secrets:
+receivers echo our headers back in the errors the ledger keeps."""
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
@@ -14,7 +15,7 @@ from .config import Config
 from .exceptions import NotifierError
 from .history import LeadRecord, find_leads
 from .leads import from_micros, to_micros
-from .text import safe_text
+from .text import safe_json, safe_text, scrubbed
 
 _RELATIVE = re.compile(r"^(\d+)([dhm])$")
 
@@ -38,11 +39,13 @@ def lead_state(lead: LeadRecord) -> str:
         return "baselined (existed before it was watched; not notified)"
     if not lead.sinks:
         return "no sink routes this type"
-    return ", ".join(f"{s.sink}={s.state}" + (f"({s.attempts})" if s.attempts > 1 else "") for s in lead.sinks)
+    return ", ".join(f"{safe_text(s.sink, 40)}={safe_text(s.state, 20)}" + (f"({s.attempts})" if s.attempts > 1 else "")
+                     for s in lead.sinks)
 
 
 def list_leads(config: Config, out: IO[str], *, chatbot: str | None, since: datetime | None,
                session: int | None, limit: int, as_json: bool) -> int:
+    out = scrubbed(out)
     store = open_store(config)
     try:
         serial = resolve_chatbot(config, store.chatbots(), chatbot)
@@ -51,11 +54,11 @@ def list_leads(config: Config, out: IO[str], *, chatbot: str | None, since: date
     finally:
         store.close()
     if as_json:
-        print(json.dumps([as_dict(lead) for lead in leads], ensure_ascii=False), file=out)
+        print(safe_json([as_dict(lead) for lead in leads]), file=out)
         return len(leads)
     rows = [("CREATED (UTC)", "CHATBOT", "TYPE", "SESSION", "NAME", "EMAIL", "SINKS")]
     for lead in leads:
-        rows.append((_when(from_micros(lead.created_us)), safe_text(lead.chatbot, 30), lead.type,
+        rows.append((_when(from_micros(lead.created_us)), safe_text(lead.chatbot, 30), safe_text(lead.type, 20),
                      str(lead.session_id), safe_text(str(lead.raw.get("Name") or ""), 30) or "-",
                      safe_text(str(lead.raw.get("Email") or ""), 40) or "-", lead_state(lead)))
     table(rows, out)
@@ -65,6 +68,7 @@ def list_leads(config: Config, out: IO[str], *, chatbot: str | None, since: date
 
 
 def show_lead(config: Config, out: IO[str], session: int, *, as_json: bool) -> int:
+    out = scrubbed(out)
     store = open_store(config)
     try:
         leads = find_leads(store, session_id=session, limit=100, with_attempts=True)
@@ -74,7 +78,7 @@ def show_lead(config: Config, out: IO[str], session: int, *, as_json: bool) -> i
         raise NotifierError(f"no lead with SessionID {session} in the state file (leads are kept for "
                             f"[state] ledger_days = {config.ledger_days} days)")
     if as_json:
-        print(json.dumps([as_dict(lead) for lead in leads], ensure_ascii=False, indent=2), file=out)
+        print(safe_json([as_dict(lead) for lead in leads], indent=2), file=out)
         return len(leads)
     for i, lead in enumerate(leads):
         if i:
@@ -84,7 +88,8 @@ def show_lead(config: Config, out: IO[str], session: int, *, as_json: bool) -> i
 
 
 def _story(lead: LeadRecord, out: IO[str]) -> None:
-    print(f"{lead.type} {lead.session_id} from chatbot {safe_text(lead.chatbot, 80)} ({lead.serial})", file=out)
+    print(f"{safe_text(lead.type, 20)} {lead.session_id} from chatbot {safe_text(lead.chatbot, 80)} "
+          f"({safe_text(lead.serial, 40)})", file=out)
     print(f"  Created     {_when(from_micros(lead.created_us))} UTC", file=out)
     print(f"  Detected    {_when(datetime.fromisoformat(lead.detected_at))} UTC", file=out)
     for key in ("Name", "Email", "PhoneNumber", "URI", "Content"):
@@ -96,7 +101,8 @@ def _story(lead: LeadRecord, out: IO[str]) -> None:
         print("  ledger:", file=out)
         rows = [("    WHEN (UTC)", "SINK", "ATTEMPT", "OUTCOME", "STATUS", "DETAIL")]
         for a in lead.attempts:
-            rows.append((f"    {_when(datetime.fromtimestamp(a.at, UTC))}", a.sink, str(a.attempt or "-"), a.outcome,
+            rows.append((f"    {_when(datetime.fromtimestamp(a.at, UTC))}", safe_text(a.sink, 40),
+                         str(a.attempt or "-"), safe_text(a.outcome, 20),
                          safe_text(a.status or "", 60) or "-", safe_text(a.detail or "", 120)))
         table(rows, out)
     elif lead.notified and lead.sinks:

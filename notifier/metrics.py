@@ -44,6 +44,8 @@ class Metrics:
         self.polls = Counter(PREFIX + "polls", "Polls of the LeadList API", ["chatbot", "outcome"], registry=r)
         self.poll_duration = Histogram(PREFIX + "poll_duration_seconds", "Duration of one poll", registry=r,
                                        buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.records_skipped = Counter(PREFIX + "records_skipped", "Vendor records skipped as unusable, by reason",
+                                       ["chatbot", "reason"], registry=r)
         self.leads_new = Counter(PREFIX + "leads_new", "New leads detected", ["chatbot", "type"], registry=r)
         self.deliveries = Counter(PREFIX + "deliveries", "Delivery attempts by outcome (delivered, retry, dead)",
                                   ["sink", "outcome"], registry=r)

@@ -26,7 +26,8 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from . import logs
-from .api import LeadListClient
+from .api import LeadListAnswer, LeadListClient
+from .clockcheck import ClockCheck
 from .config import ChatbotConfig
 from .exceptions import ApiError, StateError
 from .leads import SkippedRecord, to_micros
@@ -73,6 +74,8 @@ class PollStatus:
     new_leads: int = 0
     today: date | None = None
     new_today: int = 0
+    degraded: str | None = None  # the last answer was mostly unusable records (a format change?)
+    retry_after: float | None = None  # the API's Retry-After with its last failure: the next poll waits
 
     def count_new(self, count: int, now: datetime) -> None:
         if self.today != now.date():
@@ -107,7 +110,9 @@ class ChatbotPoller:
     ledger_days: int = 30
     status: PollStatus = field(default_factory=PollStatus)
     recorder: Recorder | None = None  # the service shares one between its pollers
-    _digest: bytes | None = None
+    clocks: ClockCheck = field(default_factory=ClockCheck)  # the service shares one too
+    _digest: bytes | None = None  # the last answer's hash, valid while the state is unchanged elsewhere
+    _digest_version: int = -1
     _metric_series: tuple[Counter, Counter, Gauge] | None = None
     _warned: set[str] = field(default_factory=set)
     _recorder: Recorder = field(init=False)
@@ -124,23 +129,39 @@ class ChatbotPoller:
         chatbot = self.chatbot
         now = self.clock()
         self.status.last_poll = now
-        window = request_window(now, chatbot.lookback_days)
-        answer = await self.client.fetch(chatbot=chatbot.name, serial_number=chatbot.serial_number,
-                                         api_key=chatbot.api_key, start=window.start, end=window.end,
-                                         previous_digest=self._digest)
+        version = self.store.changed_elsewhere()  # e.g. `state forget`: the same answer means something new
+        window = request_window(self.clocks.corrected(now), chatbot.lookback_days)
+        answer = await self._fetch(window, self._digest if version == self._digest_version else None)
         if answer is None:
             return PollResult(unchanged=True)
+        trusted = self.clocks.observe(now, answer.server_time) is None
+        if (better := request_window(self.clocks.corrected(now), chatbot.lookback_days)) != window:
+            window = better  # the answer changed what we know of our clock: ask again for the right days
+            answer = await self._fetch(window, None)
+            assert answer is not None
+        parsed = answer.records
         parsed = answer.records
         self._warn_skipped(parsed.skipped, parsed.naive_times)
+        self._judge(len(parsed.leads), parsed.skipped)
         try:
-            result = await self._record(parsed.leads, window, now)
+            result = await self._record(parsed.leads, window, now, trusted=trusted)
         except StateError as exc:
             raise StateError(f"chatbot {chatbot.name!r}: nothing recorded: {exc}") from None
-        self._digest = answer.body_digest
+        self._digest, self._digest_version = answer.body_digest, version
         return PollResult(records=len(parsed.leads), skipped=len(parsed.skipped), new=result[0],
                           baselined=result[1], queued=result[2])
 
-    async def _record(self, leads: list[Lead], window: Window, now: datetime) -> tuple[int, int, int]:
+    async def _fetch(self, window: Window, previous_digest: bytes | None) -> LeadListAnswer | None:
+        chatbot = self.chatbot
+        return await self.client.fetch(chatbot=chatbot.name, serial_number=chatbot.serial_number,
+                                       api_key=chatbot.api_key, start=window.start, end=window.end,
+                                       previous_digest=previous_digest)
+
+    async def _record(self, leads: list[Lead], window: Window, now: datetime, *,
+                      trusted: bool = True) -> tuple[int, int, int]:
+        """Seen keys and deliveries of one answer. Under a clock that cannot be `trusted`
+        (clockcheck.py) only what is clearly new is notified; leads the chatbot was not yet
+        watching wait, and neither coverage nor pruning moves."""
         chatbot = self.chatbot
         serial = chatbot.serial_number
         leads = [lead for lead in leads if lead.key.created_us >= window.horizon_us]
@@ -152,15 +173,20 @@ class ChatbotPoller:
             if (lead.key.session_id, lead.key.created_us) in seen:
                 continue
             unwatched = coverage is None or lead.key.created_us < coverage
+            if unwatched and not trusted:  # baselined or not: decided once the clock is right
+                continue
             if unwatched and chatbot.first_run == "baseline":
                 silent.append(lead)
             else:
                 notify.append((lead, self.routes(lead)))
         queued = 0
-        if notify or silent or coverage is None or coverage > window.horizon_us:
+        if not trusted and not notify:
+            pass  # nothing clearly new; everything else waits for the clock
+        elif notify or silent or coverage is None or coverage > window.horizon_us:
             batches, held = self._plan(notify)
+            covered = window.horizon_us if trusted or coverage is None else coverage
             queued = await self._recorder.record(PollRecord(
-                serial=serial, chatbot=chatbot.name, covered_from_us=window.horizon_us, detected_at=now,
+                serial=serial, chatbot=chatbot.name, covered_from_us=covered, detected_at=now,
                 notify=notify, silent=silent, batches=batches, held=held,
                 held_reason=f"flood guard: {len(notify)} new leads in one poll "
                             f"(flood_threshold {chatbot.flood_threshold})"))
@@ -212,6 +238,28 @@ class ChatbotPoller:
                         release="smarterbot-notifier outbox retry --held" if held else None)
         return batches, held
 
+    def _judge(self, usable: int, skipped: list[SkippedRecord]) -> None:
+        """Count skipped records by reason; when most of an answer is unusable the vendor has
+        probably changed its format and every lead may be going unnoticed: say so (readiness,
+        status) instead of reporting a healthy poll."""
+        if not skipped:
+            self.status.degraded = None
+            return
+        reasons = collections.Counter(s.code for s in skipped)
+        if self.metrics is not None:
+            for code, count in reasons.items():
+                self.metrics.records_skipped.labels(self.chatbot.name, code).inc(count)
+        total = usable + len(skipped)
+        degraded = None
+        if len(skipped) * 2 > total:
+            why = ", ".join(f"{code} {count}" for code, count in reasons.most_common(3))
+            degraded = f"{len(skipped)} of {total} records skipped as unusable ({why})"
+            if self.status.degraded is None:
+                log.error("most records of the answer are unusable; new leads may be missed (has the vendor "
+                          "changed its format?)", chatbot=self.chatbot.name, skipped=len(skipped), records=total,
+                          reasons=dict(reasons))
+        self.status.degraded = degraded
+
     def _warn_skipped(self, skipped: list[SkippedRecord], naive: int) -> None:
         for index, _, reason in ((s.index, s.code, s.reason) for s in skipped):
             if reason not in self._warned:
@@ -236,6 +284,7 @@ class ChatbotPoller:
         except ApiError as exc:
             status.failures += 1
             status.last_error = str(exc)
+            status.retry_after = exc.retry_after
             log.warning("poll failed", chatbot=self.chatbot.name, error=exc.message, code=exc.code,
                         http_status=exc.http_status, consecutive=status.failures)
             return False

@@ -68,7 +68,7 @@ async def replay(config: Config, out: IO[str], *, sink: str, session: int | None
 
 
 async def _deliver_now(config: Config, sink: str, out: IO[str]) -> int:
-    store = Store(config.state_path, create=False)  # takes the lock: no daemon sends beside us
+    store = Store(config.state_path, create=False, busy_timeout=5.0)  # takes the lock: no daemon sends beside us
     try:
         async with aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}) as http:
             context = SinkContext(http=http, user_agent=USER_AGENT, stdout=out)

@@ -15,6 +15,7 @@ from .config import Config
 from .exceptions import ConfigError, DeliveryError, RetryableError
 from .leads import parse_records
 from .sinks import SinkContext, create_sink
+from .text import safe_text, scrubbed
 from .types import Delivery
 
 
@@ -29,7 +30,7 @@ def sample_delivery(sink: str, now: datetime) -> Delivery:
 
 
 async def send_sample(config: Config, name: str, out: IO[str] | None = None) -> bool:
-    out = out or sys.stdout
+    out = scrubbed(out or sys.stdout)  # the sink's render and a receiver's error may echo a secret
     if name not in config.sinks:
         known = ", ".join(sorted(config.sinks))
         raise ConfigError(f"no sink named {name!r} (configured: {known})", key=f"sinks.{name}", path=config.source)
@@ -43,7 +44,7 @@ async def send_sample(config: Config, name: str, out: IO[str] | None = None) -> 
             await sink.send(delivery)
         except DeliveryError as exc:
             kind = "temporary, would be retried" if isinstance(exc, RetryableError) else "permanent"
-            print(f"FAILED ({kind}): {exc.reason}", file=out)
+            print(f"FAILED ({kind}): {safe_text(exc.reason, 1000)}", file=out)
             return False
         finally:
             await sink.aclose()

@@ -34,13 +34,14 @@ def first_due(index: int, count: int, interval: float) -> float:
 
 def next_due(poller: ChatbotPoller, due: float, ok: bool, now: float) -> float:
     """On schedule after a success (a late poll does not shift the phase, nor is the next one
-    crammed in right after it); after failures, back off up to two minutes or one interval."""
+    crammed in right after it); after failures, back off up to two minutes or one interval, and
+    never sooner than the API's Retry-After (which api.py caps at 6 hours)."""
     interval = poller.chatbot.interval
     jitter = random.uniform(1 - JITTER, 1 + JITTER)
     if ok:
         return max(due + interval * jitter, now + interval * JITTER)
-    backoff = min(min(interval, 5.0) * 2.0 ** (poller.status.failures - 1), max(interval, 120.0))
-    return now + backoff * jitter
+    backoff = min(min(interval, 5.0) * 2.0 ** (poller.status.failures - 1), max(interval, 120.0)) * jitter
+    return now + max(backoff, poller.status.retry_after or 0.0)  # the vendor asked us to wait: we do
 
 
 class PollScheduler:

@@ -22,20 +22,24 @@ from aiohttp import web
 
 from ._version import USER_AGENT
 from .api import LeadListClient, make_throttler
+from .clockcheck import ClockCheck
 from .config import Config
 from .dispatcher import Dispatcher
 from .exceptions import NotifierError
 from .health import health_app, start_health
+from .logs import scrub
 from .metrics import Metrics
 from .poller import ChatbotPoller
 from .recorder import Recorder
 from .scheduler import PollScheduler, poll_all
 from .sinks import SinkContext, create_sink
 from .store import Store
+from .supervisor import Supervisor
 from .systemd import Notifier
 from .types import Clock, Sink
 
 log = structlog.get_logger("notifier.service")
+HARD_DEADLINE = 5.0  # seconds past shutdown_grace after which whatever still runs is cancelled
 
 
 def utc_now() -> datetime:
@@ -67,6 +71,7 @@ class Service:
         self.notifier = notifier or Notifier()
         self.beat_interval = beat_interval  # status file, state file check, systemd STATUS=
         self.metrics = Metrics()
+        self.clocks = ClockCheck()  # one verdict on the wall clock, shared by every poller
         self._stop = asyncio.Event()
         self.store: Store | None = None
         self.http: aiohttp.ClientSession | None = None  # the sinks'
@@ -74,6 +79,10 @@ class Service:
         self.pollers: list[ChatbotPoller] = []
         self.dispatcher: Dispatcher | None = None
         self._polling: asyncio.Task[None] | None = None
+        self.supervisor = Supervisor(self._stop)
+        self._reload_lock = asyncio.Lock()
+        self._reloading: asyncio.Future[None] | None = None
+        self._reload_again = False
         self._health: web.AppRunner | None = None
 
     # -- building -----------------------------------------------------------------------
@@ -110,7 +119,7 @@ class Service:
         for chatbot in config.chatbots:
             poller = ChatbotPoller(chatbot=chatbot, client=client, store=self.store, sinks=config.sinks,
                                    clock=self.clock, on_queued=self.dispatcher.wake, metrics=self.metrics,
-                                   ledger_days=config.ledger_days, recorder=recorder)
+                                   ledger_days=config.ledger_days, recorder=recorder, clocks=self.clocks)
             old = keep.get(chatbot.serial_number)
             if old is not None:  # keep what we know about a chatbot across a reload
                 poller.status = old.status
@@ -133,12 +142,30 @@ class Service:
 
     # -- lifecycle ----------------------------------------------------------------------
     def stop(self) -> None:
-        """Idempotent; safe from a signal handler running in the loop."""
-        if not self._stop.is_set():
+        """Idempotent; safe from a signal handler running in the loop. The event is set first:
+        nothing that follows (a log line to a closed stderr, a lost notification) can keep the
+        daemon from stopping."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        with contextlib.suppress(Exception):
+            self.notifier.send(stopping="1", status="stopping")
             log.info("stopping: polls end now, in-flight deliveries get the grace period",
                      grace=self.config.delivery.shutdown_grace)
-            self.notifier.send(stopping="1", status="stopping")
-            self._stop.set()
+
+    def request_reload(self) -> None:
+        """SIGHUP. Reloads never overlap: one asked for during a reload runs after it, once."""
+        if self._reloading is not None and not self._reloading.done():
+            self._reload_again = True
+            return
+        self._reloading = asyncio.ensure_future(self._reload_until_settled())
+
+    async def _reload_until_settled(self) -> None:
+        while True:
+            self._reload_again = False
+            await self.reload()
+            if not self._reload_again or self.stopping:
+                return
 
     @property
     def stopping(self) -> bool:
@@ -147,8 +174,8 @@ class Service:
     def _start_polling(self) -> None:
         if self.stopping:  # a reload that raced with stop() must not start polls again
             return
-        scheduler = PollScheduler(self.pollers, workers=self.config.api.concurrency)
-        self._polling = asyncio.create_task(scheduler.run(), name="polls")
+        pollers, workers = self.pollers, self.config.api.concurrency
+        self._polling = self.supervisor.start("polls", lambda: PollScheduler(pollers, workers=workers).run())
 
     async def _stop_polling(self) -> None:
         """An in-flight poll holds no state (its one transaction is not awaited): cancelling loses nothing."""
@@ -157,11 +184,21 @@ class Service:
             await asyncio.gather(self._polling, return_exceptions=True)
             self._polling = None
 
+    def problems(self) -> list[str]:
+        """What keeps the daemon from doing its work, beside chatbots whose polls fail (readiness)."""
+        found = list(self.supervisor.problems.values())
+        if self.store is not None and self.store.problem is not None:
+            found.append(f"state: {self.store.problem}")
+        if self.dispatcher is not None and self.dispatcher.problem is not None:
+            found.append(f"delivery: {self.dispatcher.problem}")
+        if self.clocks.problem is not None:
+            found.append(f"clock: {self.clocks.problem}")
+        return found
+
     async def run(self, *, install_signals: bool = True) -> None:
         """The daemon: poll and deliver until stop(), SIGTERM or SIGINT; SIGHUP reloads."""
         loop = asyncio.get_running_loop()
-        signals = {signal.SIGTERM: self.stop, signal.SIGINT: self.stop,
-                   signal.SIGHUP: lambda: asyncio.ensure_future(self.reload())}
+        signals = {signal.SIGTERM: self.stop, signal.SIGINT: self.stop, signal.SIGHUP: self.request_reload}
         if install_signals:
             for sig, handler in signals.items():
                 loop.add_signal_handler(sig, handler)
@@ -169,34 +206,58 @@ class Service:
             await self.open()
             assert self.dispatcher is not None
             if self.config.http is not None:
-                app = health_app(lambda: self.pollers, self.metrics, self.clock)
+                app = health_app(lambda: self.pollers, self.metrics, self.clock, self.problems)
                 self._health = await start_health(app, self.config.http.host, self.config.http.port)
             log.info("started", chatbots=len(self.pollers), sinks=sorted(self.config.sinks),
                      state=str(self.config.state_path),
                      http=f"{self.config.http.host}:{self.config.http.port}" if self.config.http else None)
+            if (warning := self.config.rate_warning()) is not None:
+                log.warning("the polls cannot keep their intervals", problem=warning)
             self.notifier.send(ready="1", status=self.status_line(), mainpid=str(os.getpid()))
             settle_heap()
             self._start_polling()
-            dispatcher = asyncio.create_task(self.dispatcher.run(self._stop), name="dispatcher")
-            beat = asyncio.create_task(self.notifier.watchdog(self._beat, self._stop, self.beat_interval),
-                                       name="watchdog")
+            dispatcher = self.dispatcher
+            self.supervisor.start("delivery", lambda: dispatcher.run(self._stop))
+            self.supervisor.start("watchdog", lambda: self.notifier.watchdog(self._beat, self._stop,
+                                                                             self.beat_interval))
             await self._stop.wait()
-            await self._stop_polling()
-            await asyncio.gather(beat, return_exceptions=True)
-            await dispatcher  # drains within the grace period
+            await self._shut_down()
         except OSError as exc:  # e.g. the [http] listen address is taken
             raise NotifierError(f"cannot start: {exc.strerror or exc}") from None
         finally:
             if install_signals:
                 for sig in signals:
                     loop.remove_signal_handler(sig)
-            self._write_status()
+            with contextlib.suppress(Exception):
+                self._write_status()
             await self.close()
-            log.info("stopped")
+            with contextlib.suppress(Exception):
+                log.info("stopped")
+        if self.supervisor.fatal is not None:
+            raise NotifierError(self.supervisor.fatal)
+
+    async def _shut_down(self) -> None:
+        """Polls end at once; deliveries get the grace period (the dispatcher cancels what is still
+        in flight then); past a hard deadline everything left is cancelled, so stopping never hangs."""
+        if self._reloading is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._reloading), HARD_DEADLINE)
+        await self._stop_polling()
+        deadline = self.config.delivery.shutdown_grace + HARD_DEADLINE
+        try:
+            await asyncio.wait_for(asyncio.shield(self.supervisor.wait()), deadline)
+        except TimeoutError:
+            with contextlib.suppress(Exception):
+                log.error("tasks still running past the shutdown deadline; cancelled", deadline=deadline)
+            await self.supervisor.cancel()
 
     async def reload(self) -> bool:
         """Apply a new config in place: chatbots and sinks added, changed or removed take effect;
         state and pending deliveries are kept. An invalid config is logged and changes nothing."""
+        async with self._reload_lock:
+            return await self._apply_reload()
+
+    async def _apply_reload(self) -> bool:
         if self._reload is None or self.dispatcher is None or self.stopping:
             return False
         try:
@@ -255,14 +316,16 @@ class Service:
     def _write_status(self) -> None:
         """A small JSON file beside the state for `status` (another process) to read; written
         atomically, never a database transaction."""
-        data: dict[str, Any] = {"pid": os.getpid(), "written": self.clock().isoformat(), "chatbots": {}}
+        data: dict[str, Any] = {"pid": os.getpid(), "written": self.clock().isoformat(),
+                                "problems": [scrub(p) for p in self.problems()], "chatbots": {}}
         for poller in self.pollers:
             s = poller.status
             data["chatbots"][poller.chatbot.name] = {
                 "serial_number": poller.chatbot.serial_number, "polls": s.polls, "failures": s.failures,
                 "last_poll": s.last_poll.isoformat() if s.last_poll else None,
                 "last_success": s.last_success.isoformat() if s.last_success else None,
-                "last_error": s.last_error, "new_today": s.leads_on(self.clock().date())}
+                "last_error": scrub(s.last_error) if s.last_error else None, "degraded": s.degraded,
+                "new_today": s.leads_on(self.clock().date())}
         path = status_path(self.config.state_path)
         with contextlib.suppress(OSError):
             tmp = path.with_name(path.name + ".tmp")
@@ -272,13 +335,36 @@ class Service:
             os.replace(tmp, path)
 
     async def once(self) -> list[str]:
-        """Poll every chatbot once, deliver what is due; returns the chatbots whose poll failed."""
+        """Poll every chatbot once, deliver what is due; returns the chatbots whose poll failed.
+        SIGINT/SIGTERM stop it at once: what is in flight is cancelled and is not an attempt (a
+        Ctrl-C also takes down a receiver in the same terminal: its failure is not the receiver's)."""
         await self.open()
         assert self.dispatcher is not None
+        dispatcher = self.dispatcher
+        loop = asyncio.get_running_loop()
+        work = asyncio.ensure_future(self._once())
+
+        def interrupt() -> None:
+            dispatcher.stopping = True
+            work.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, interrupt)
         try:
-            results = await poll_all(self.pollers, workers=self.config.api.concurrency)
-            await self.dispatcher.deliver_due()
-            self._write_status()
-            return [p.chatbot.name for p, ok in zip(self.pollers, results, strict=True) if not ok]
-        finally:
+            return await work
+        except asyncio.CancelledError:
+            if dispatcher.stopping:
+                raise KeyboardInterrupt from None
+            raise
+        finally:  # in-flight deliveries are cancelled, outcomes already known are written
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            await dispatcher.abort()
             await self.close()
+
+    async def _once(self) -> list[str]:
+        assert self.dispatcher is not None
+        results = await poll_all(self.pollers, workers=self.config.api.concurrency)
+        await self.dispatcher.deliver_due()
+        self._write_status()
+        return [p.chatbot.name for p, ok in zip(self.pollers, results, strict=True) if not ok]

@@ -10,8 +10,10 @@ import itertools
 import json
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
+from email.utils import format_datetime
 from typing import Any
 
 from aiohttp import web
@@ -38,6 +40,7 @@ class Fault:
     extra_records: list[Any] = field(default_factory=list)  # appended to Data (malformed ones, say)
     serial: str | None = None  # only for this chatbot
     times: int = 1
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. Retry-After
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Simulator:
     latency: float = 0.0  # every answer takes this long (a slow backend)
     in_flight: int = 0
     max_in_flight: int = 0  # the most requests it was ever answering at once
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))  # its Date header and "now"
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -74,7 +78,7 @@ class Simulator:
             "Name": f"{first} {last}",
             "Email": f"{first.lower()}.{last.lower()}@example.org",
             "PhoneNumber": f"+1 555 01{rng.randint(0, 99):02d}",
-            "CreateTime": created or datetime.now(UTC),
+            "CreateTime": created or self.clock(),
             "Content": rng.choice(_ASKS),
             "SessionID": next(self._sessions) if session_id is None else session_id,
             "URI": "https://shop.example.org/contact",
@@ -148,6 +152,8 @@ class Simulator:
                                   status=fault.status if fault else 200)
         if fault and fault.truncate and isinstance(response.body, bytes):
             response.body = response.body[: max(1, len(response.body) // 2)]
+        if fault:
+            response.headers.update(fault.headers)
         return response
 
     def _in_window(self, record: JSONDict, start: date, end: date) -> bool:
@@ -182,7 +188,8 @@ class Simulator:
         envelope: JSONDict = {"Data": data, "Version": "1.0.0", "Success": success, "Code": code,
                               "Message": message}
         envelope.update(overrides or {})
-        return web.Response(status=status, body=json.dumps(envelope).encode(), content_type="application/json")
+        return web.Response(status=status, body=json.dumps(envelope).encode(), content_type="application/json",
+                            headers={"Date": format_datetime(self.clock(), usegmt=True)})
 
 
 def _date(value: Any, default: date) -> date:

@@ -31,6 +31,7 @@ from .schema import APPLICATION_ID, SCHEMA_VERSION, migrate
 from .types import Delivery, Lead, LeadKey
 
 log = structlog.get_logger("notifier.store")
+DAEMON_BUSY_TIMEOUT = 0.025  # seconds: the loop's longest wait for a lock held by another process
 P = ParamSpec("P")
 R = TypeVar("R")
 # what a write can fail with: SQLite's own errors, and values it cannot bind (an int past 64 bits)
@@ -92,8 +93,14 @@ class SinkCounts:
 class Store:
     """One connection, used from the event loop thread only. Every method is one transaction."""
 
-    def __init__(self, path: Path, *, lock: bool = True, create: bool = True) -> None:
+    def __init__(self, path: Path, *, lock: bool = True, create: bool = True,
+                 busy_timeout: float | None = None) -> None:
         self.path = path
+        # How long one statement waits for another process's write lock. The daemon's store runs
+        # on the event loop: waiting there freezes /healthz, deliveries and the watchdog, so it
+        # waits briefly and its callers retry later (a poll backs off, the dispatcher keeps its
+        # outcomes); an operator command may wait as long as a person would.
+        self.busy_timeout = (DAEMON_BUSY_TIMEOUT if lock else 5.0) if busy_timeout is None else busy_timeout
         self._lock_fd: int | None = None
         self.problem: str | None = None  # set by verify(): the file is gone, nothing may be written
         self._db = self._open(create)
@@ -125,7 +132,7 @@ class Store:
             raise StateError(f"cannot open state file {path}: {exc}") from None
         try:
             self._check(db)
-            db.execute("PRAGMA busy_timeout = 5000")
+            db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             db.execute("PRAGMA foreign_keys = ON")
             if db.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
                 raise StateError(f"state file {path}: cannot switch to WAL mode")
@@ -341,14 +348,26 @@ class Store:
                        (horizon_us, serial))
             return cursor.rowcount
 
-    def forget(self, serial: str) -> int:
-        """Drop a chatbot's seen keys and coverage so its next poll is a first run again.
-        Leads with unsettled deliveries are kept so nothing pending is lost."""
+    def forget(self, serial: str, *, dry_run: bool = False) -> int:
+        """Drop a chatbot's seen keys and coverage so its next poll is a first run again. Leads
+        the outbox or the delivery ledger refers to stay: nothing pending is lost, a notified
+        lead is never re-recorded as baselined, and its story can still be told and replayed.
+        Returns how many keys are (or, with `dry_run`, would be) dropped."""
+        where = ("FROM leads WHERE serial = ?1 AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.lead_id = leads.id) "
+                 "AND NOT EXISTS (SELECT 1 FROM attempts WHERE attempts.lead_id = leads.id)")
         with self.transaction() as db:
+            if dry_run:
+                return int(db.execute(f"SELECT count(*) {where}", (serial,)).fetchone()[0])
             db.execute("DELETE FROM chatbots WHERE serial = ?", (serial,))
-            return db.execute(
-                "DELETE FROM leads WHERE serial = ? AND NOT EXISTS (SELECT 1 FROM outbox "
-                "WHERE outbox.lead_id = leads.id AND outbox.state != 'done')", (serial,)).rowcount
+            return db.execute(f"DELETE {where}", (serial,)).rowcount
+
+    def changed_elsewhere(self) -> int:
+        """A number that changes whenever another connection (an operator command) committed:
+        what the daemon caches from the state is stale then."""
+        try:
+            return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error:
+            return -1
 
     # -- outbox -------------------------------------------------------------------------
     _DELIVERY_COLUMNS = ("o.id, o.sink, o.attempts, o.batch, l.serial, l.session_id, l.created_us, "

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
@@ -198,11 +198,9 @@ class Table:
             raise self.error(key, f"set either {key} or {file_key}, not both")
         if path is not None:
             try:
-                inline = Path(path).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise self.error(file_key, f"cannot read {path}: {exc.strerror or exc}") from None
-            except UnicodeDecodeError:
-                raise self.error(file_key, f"{path} is not UTF-8 text") from None
+                inline = read_secret_file(path).strip()
+            except SecretFileError as exc:
+                raise self.error(file_key, str(exc)) from None
             if not inline:
                 raise self.error(file_key, f"{path} is empty")
         if inline is None and required:
@@ -235,6 +233,49 @@ class Table:
         unknown = [k for k in self.data if k not in self._read]
         if unknown:
             raise self.error(unknown[0], "is not a known option (check its spelling and section)")
+
+
+SECRET_FILE_MAX = 64 * 1024
+"""A secret file larger than this is a mistake (a wrong path), not a key: it is refused."""
+
+
+class SecretFileError(Exception):
+    """Why a `*_file` secret cannot be used; the caller adds the key and its line."""
+
+
+def read_secret_file(path: str) -> str:
+    """The text of a small regular file, read with a bound. `/dev/zero`, a FIFO, a directory, a
+    socket or a 1 GiB file are refused with a reason instead of read until memory runs out (or,
+    for a FIFO nobody writes, forever): the type is checked before opening, the file is opened
+    non-blocking, checked again on the open descriptor, and at most SECRET_FILE_MAX + 1 bytes
+    are read."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise SecretFileError(f"{path} is not a regular file")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise SecretFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped after the first check
+            raise SecretFileError(f"{path} is not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= SECRET_FILE_MAX:
+            chunk = os.read(fd, SECRET_FILE_MAX + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise SecretFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if size > SECRET_FILE_MAX:
+        raise SecretFileError(f"{path} is larger than {SECRET_FILE_MAX // 1024} KiB: not a secret (wrong path?)")
+    try:
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SecretFileError(f"{path} is not UTF-8 text (invalid byte at offset {exc.start})") from None
 
 
 def _kind(value: Any) -> str:

@@ -216,3 +216,94 @@ def _to_toml(document: dict[str, object]) -> str:
         assert isinstance(v, dict)
         return "{" + ", ".join(f'"{k}" = {value(x)}' for k, x in v.items()) + "}"
     return "\n".join(f'"{k}" = {value(v)}' for k, v in document.items())
+
+
+# -- secret files: small, regular, UTF-8 (issue 12 item 15) -----------------------------------
+
+_CHILD = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # the old reader ran to MemoryError
+from notifier.config import parse_config
+from notifier.exceptions import ConfigError
+try:
+    parse_config(sys.argv[1], "config.toml", env={})
+except ConfigError as exc:
+    print(exc.key, exc.line, exc, sep="|")
+    sys.exit(2)
+print("accepted")
+"""
+
+
+def _with_key_file(path: Path | str) -> str:
+    return MINIMAL.replace('api_key = "k-123456"', f'api_key_file = "{path}"')
+
+
+def _parse_in_child(path: Path | str) -> tuple[int, str]:
+    """parse_config in a child process with a memory cap and a time bound: a reader that runs
+    until MemoryError, or blocks on a FIFO forever, fails this test instead of hanging the suite."""
+    import subprocess
+    import sys
+
+    try:
+        done = subprocess.run([sys.executable, "-c", _CHILD, _with_key_file(path)], capture_output=True,
+                              text=True, timeout=60, check=False)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"reading {path} as a secret file did not finish within 60 s") from None
+    return done.returncode, done.stdout.strip() or done.stderr.strip()[-300:]
+
+
+def test_secret_file_dev_zero_is_refused_not_read_forever() -> None:
+    code, out = _parse_in_child("/dev/zero")
+    assert code == 2, out
+    assert out.startswith("api.api_key_file|3|") and "not a regular file" in out
+
+
+def test_secret_file_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo)  # nobody ever writes: opening it for reading the ordinary way blocks forever
+    code, out = _parse_in_child(fifo)
+    assert code == 2, out
+    assert out.startswith("api.api_key_file|3|") and "not a regular file" in out
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    (None, "not a regular file"),  # a directory
+    (b"k" * (64 * 1024 + 1), "larger than 64 KiB"),
+    (b"\xff\xfekey\n", "not UTF-8"),
+    (b"\n\n", "is empty"),
+])
+def test_secret_file_mistakes_name_key_and_line(tmp_path: Path, content: bytes | None, words: str) -> None:
+    path = tmp_path / "key"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        parse_config(_with_key_file(path), "config.toml", env={})
+    assert (info.value.key, info.value.line) == ("api.api_key_file", 3), str(info.value)
+    assert words in str(info.value)
+    assert str(info.value).startswith("config.toml:3: api.api_key_file:")
+
+
+def test_secret_file_up_to_the_bound_with_trailing_newline(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    path.write_text("file-key-" + "x" * (64 * 1024 - 10) + "\n")  # exactly 64 KiB with its newline
+    assert path.stat().st_size == 64 * 1024
+    config = parse_config(_with_key_file(path), env={})
+    assert config.api.api_key == "file-key-" + "x" * (64 * 1024 - 10)
+    (tmp_path / "short").write_text("key-\u00e9\u00e8-123\n")
+    assert parse_config(_with_key_file(tmp_path / "short"), env={}).api.api_key == "key-\u00e9\u00e8-123"
+
+
+def test_a_rate_that_cannot_keep_the_intervals_is_named_with_its_numbers() -> None:
+    """Issue 12.16: 100,000 chatbots at 60 s with 5 requests/s were polled every ~5.6 h, silently."""
+    bots = "".join(f'[[chatbots]]\nname = "b{i}"\nserial_number = "s{i}"\n' for i in range(600))
+    text = f'[api]\napi_key = "k"\n\n[poll]\ninterval = 60\n\n[sinks.c]\ntype = "console"\n\n{bots}'
+    warning = parse_config(text).rate_warning()
+    assert warning is not None
+    assert "600 chatbots" in warning and "need 10 requests/s" in warning and "requests_per_second is 5" in warning
+    assert "2 times later" in warning and "every 2 min" in warning
+    fast = text.replace('api_key = "k"', 'api_key = "k"\nrequests_per_second = 10')
+    assert parse_config(fast).rate_warning() is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -192,3 +192,29 @@ async def test_a_paced_sink_sends_one_at_a_time_and_does_not_starve_others(tmp_p
     assert len(slack.sent) == 5 and len(crm.sent) == 5
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= 0.045
+
+
+async def test_a_retry_scheduled_under_a_clock_40_days_ahead_is_due_when_the_clock_comes_back(
+        tmp_path: Path) -> None:
+    """Issue 12.4: a retry scheduled while the wall clock was 40 days ahead waited 40 days after
+    NTP set it right. The dispatcher notices the step against the loop's monotonic clock."""
+    sink = ScriptedSink("crm", [RetryableError("503")])
+    store, dispatcher, clock = setup(tmp_path, sink)
+    right = clock.now
+    clock.now = right + timedelta(days=40)
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop))
+    try:
+        await until(lambda: outbox(store)[0][1] == 1, what="the failed attempt")
+        assert outbox(store)[0][2] > (right + timedelta(days=40)).timestamp()
+        clock.now = right  # NTP steps the clock back
+        dispatcher.wake()
+        await until(lambda: outbox(store)[0][2] < (right + timedelta(seconds=5)).timestamp(),
+                    what="the retry rescheduled by the step")
+        clock.now = right + timedelta(seconds=5)  # backoff_initial is 1 s
+        dispatcher.wake()
+        await until(lambda: len(sink.sent) == 1, what="the retry, on the corrected clock")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert outbox(store)[0][:2] == ("done", 2)

@@ -266,3 +266,96 @@ async def test_a_state_file_deleted_under_the_daemon_stops_writes_and_loses_noth
     finally:
         again.stop()
         await asyncio.wait_for(task, 10)
+
+
+async def test_state_forget_beside_a_running_daemon_loses_no_lead_and_keeps_the_ledger(
+        simulator: tuple[Simulator, str], receiver: Receiver, tmp_path: Path) -> None:
+    """Issue 12.5: after `state forget` beside a running daemon the next answer was byte-identical,
+    so the cached hash skipped the new baseline and the next new lead was "baselined", i.e. lost;
+    and the delivered lead's ledger was erased."""
+    from notifier.store import Store
+
+    sim, url = simulator
+    service = Service(load_config(write_config(tmp_path, url, receiver.url)))
+    task = asyncio.create_task(service.run(install_signals=False))
+    try:
+        await until(lambda: baselined(service), what="baseline")
+        first = sim.add_lead(SERIAL_A)
+        await until(lambda: len(receiver.accepted) == 1, what="the first lead")
+        operator = Store(tmp_path / "state.db", lock=False, create=False)  # what `state forget` opens
+        try:
+            operator.forget(SERIAL_A)
+            await until(lambda: operator.coverage(SERIAL_A) is not None, what="a new baseline after forget")
+            second = sim.add_lead(SERIAL_A)
+            await until(lambda: len(receiver.accepted) == 2, what="the next lead, notified")
+            assert int(receiver.accepted[1].json["data"]["lead"]["SessionID"]) == second["SessionID"]
+            with sqlite3.connect(tmp_path / "state.db") as db:
+                rows = db.execute("SELECT session_id, notified FROM leads WHERE serial = ? ORDER BY session_id",
+                                  (SERIAL_A,)).fetchall()
+                ledger = db.execute("SELECT count(*) FROM attempts WHERE outcome = 'delivered'").fetchone()[0]
+            assert rows == [(first["SessionID"], 1), (second["SessionID"], 1)] and ledger == 2
+        finally:
+            operator.close()
+    finally:
+        service.stop()
+        await asyncio.wait_for(task, 10)
+
+
+HOLD_LOCK = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+async def test_a_state_locked_by_another_process_never_freezes_the_loop(
+        simulator: tuple[Simulator, str], receiver: Receiver, tmp_path: Path) -> None:
+    """Issue 13.3: each write waited busy_timeout (5 s) on the event loop while another process
+    held the lock, so /healthz took 4.7 s. Now /healthz answers at once all the while (1 s is a
+    bound ten times what it takes, not a timing target), and the lead found meanwhile is recorded
+    and delivered once the lock is gone."""
+    import time
+    import urllib.request
+
+    from .test_lifecycle import free_port
+
+    sim, url = simulator
+    port = free_port()
+    service = Service(load_config(write_config(tmp_path, url, receiver.url,
+                                               extra=f'[http]\nlisten = "127.0.0.1:{port}"\n')))
+    task = asyncio.create_task(service.run(install_signals=False))
+    holder = None
+    try:
+        await until(lambda: baselined(service) and service._health is not None, what="baseline")
+        holder = await asyncio.create_subprocess_exec(sys.executable, "-c", HOLD_LOCK, str(tmp_path / "state.db"),
+                                                      stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        assert holder.stdout is not None
+        assert await asyncio.wait_for(holder.stdout.readline(), 10) == b"locked\n"
+        lead = sim.add_lead(SERIAL_A)
+        alpha = service.pollers[0]
+
+        def probe() -> float:  # from another thread: the loop under test must answer, not measure itself
+            slowest = 0.0
+            for _ in range(40):  # about 2 s of the lock, with polls failing on it all the while
+                started = time.monotonic()
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30) as response:
+                    assert response.status == 200
+                slowest = max(slowest, time.monotonic() - started)
+                time.sleep(0.05)
+            return slowest
+
+        slowest = await asyncio.to_thread(probe)
+        assert alpha.status.failures > 0 and "locked" in (alpha.status.last_error or "")
+        assert slowest < 1.0, slowest
+        holder.stdin.close()  # type: ignore[union-attr]
+        await asyncio.wait_for(holder.wait(), 10)
+        await until(lambda: [int(r.json["data"]["lead"]["SessionID"]) for r in receiver.accepted]
+                    == [lead["SessionID"]], timeout=20, what="the lead, once the lock is gone")
+    finally:
+        if holder is not None and holder.returncode is None:
+            holder.kill()
+            await holder.wait()
+        service.stop()
+        await asyncio.wait_for(task, 10)

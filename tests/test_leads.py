@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from notifier.leads import RecordError, parse_instant, parse_records, to_micros
+from notifier.leads import SKIP_CODES, RecordError, parse_instant, parse_records, to_micros
+from notifier.store import Store
 
 SAME_INSTANT = [
     "2023-11-23T18:36:21.512302-08:00",
@@ -100,13 +104,113 @@ record_like = st.fixed_dictionaries({}, optional={
 })
 
 
-@given(st.lists(record_like | json_values, max_size=8) | json_values)
+@given(st.lists(record_like | json_values, max_size=8) | st.dictionaries(st.text(max_size=5), record_like)
+       | json_values)
 def test_any_data_gives_leads_or_a_record_error(data: object) -> None:
     try:
         parsed = parse_records("s", data)
-    except RecordError:
+    except RecordError as exc:
+        assert exc.code == "data"
         return
-    assert len(parsed.leads) + len(parsed.skipped) <= (len(data) if isinstance(data, list) else 0)
+    if isinstance(data, list):
+        assert len(parsed.leads) + len(parsed.skipped) <= len(data)
     for lead in parsed.leads:
         assert lead.type in ("Lead", "Appointment")
         assert isinstance(lead.name, str)
+    assert {skip.code for skip in parsed.skipped} <= set(SKIP_CODES)
+
+
+GOOD = record(SessionID=1, Name="Ada Lovelace", Email="ada@example.org", PhoneNumber="+1 555 010 0100")
+
+
+@pytest.mark.parametrize(("bad", "code"), [
+    ({"SessionID": 2**70}, "session_id"),
+    ({"SessionID": 2**63}, "session_id"),
+    ({"SessionID": -(2**63) - 1}, "session_id"),
+    ({"SessionID": 1e20}, "session_id"),
+    ({"SessionID": "9999999999999999999"}, "session_id"),
+    ({"SessionID": "\u0661\u0662"}, "session_id"),  # Arabic-Indic digits are no SessionID
+    ({"SessionID": [1]}, "session_id"),
+    ({"CreateTime": "0001-01-01T00:00:00+01:00"}, "create_time"),
+    ({"CreateTime": "9999-12-31T23:59:59-01:00"}, "create_time"),
+    ({"CreateTime": "9999-12-31T23:59:59Z"}, "create_time"),  # cannot be shown east of UTC
+    ({"CreateTime": 1700000000}, "create_time"),
+    ({"Type": {"x": 1}}, "type"),
+    ({"Type": None}, "missing_field"),
+    ({"Count": 10**5000}, "unstorable"),
+    ({"Extra": json.loads("[" * 100 + "]" * 100)}, "unstorable"),
+])
+def test_a_record_that_cannot_reach_the_state_is_skipped_alone(bad: dict[str, Any], code: str) -> None:
+    """Issue 12 (2): such a record raised past the parser (or later, in the state) and every poll
+    of the chatbot failed. Now it is skipped with a stable code and the rest of the answer is used."""
+    hostile = record(SessionID=2, Name="Eve Secret", Email="eve@secret.example", PhoneNumber="+1 555 999 8888")
+    hostile.update(bad)
+    parsed = parse_records("s", [hostile, GOOD])
+    assert [lead.key.session_id for lead in parsed.leads] == [1]
+    (skip,) = parsed.skipped
+    assert (skip.index, skip.code) == (0, code)
+    for contact in ("Eve", "secret", "555"):
+        assert contact not in skip.reason
+
+
+def test_identity_at_the_edges_of_the_state_columns_is_kept() -> None:
+    data = [record(SessionID=2**63 - 1), record(SessionID=-(2**63)), record(SessionID="-9223372036854775808"),
+            record(SessionID=3, CreateTime="9999-12-30T12:00:00Z"),
+            record(SessionID=4, CreateTime="0001-01-02T00:00:00Z")]
+    parsed = parse_records("s", data)
+    assert [lead.key.session_id for lead in parsed.leads] == [2**63 - 1, -(2**63), 3, 4]  # two spellings, one lead
+    assert parsed.skipped == []
+
+
+def test_lone_surrogates_become_replacement_characters_and_the_record_survives(tmp_path: Path) -> None:
+    """A `\\ud800` escape cannot be written as UTF-8: the state (and every sink) failed on it."""
+    hostile = record(SessionID=5, Name="Ann\ud800", Content="x\udfff\ud83d\ude00y", Extra={"k\udc00": ["\ud800"]})
+    parsed = parse_records("s", [hostile])
+    (lead,) = parsed.leads
+    assert lead.name == "Ann\ufffd"
+    assert lead.raw["Content"] == "x\ufffd\ufffd\ufffdy"
+    assert lead.raw["Extra"] == {"k\ufffd": ["\ufffd"]}
+    assert hostile["Name"] == "Ann\ud800"  # the caller's record is not changed
+    store = Store(tmp_path / "state.db")
+    try:
+        store.record_poll(serial="s", chatbot="bot", covered_from_us=0, detected_at=datetime.now(UTC),
+                          notify=[(lead, ("crm",))], silent=[])
+        (due,) = store.due(datetime.now(UTC).timestamp() + 1, ["crm"], 10)
+        assert due.lead.raw == lead.raw
+    finally:
+        store.close()
+
+
+def test_clean_records_are_not_copied() -> None:
+    clean = record(Extra={"a": [1, 2.5, None, True, "é"]})
+    assert parse_records("s", [clean]).leads[0].raw is clean
+
+
+def test_every_skip_has_a_code_from_the_fixed_set() -> None:
+    data = ["x", 5, None, record(SessionID=None), record(SessionID=True), record(CreateTime="soon"),
+            record(Type="Booking"), record(Deep=json.loads("[" * 70 + "]" * 70))]
+    parsed = parse_records("s", data)
+    assert parsed.leads == []
+    assert [s.code for s in parsed.skipped] == ["not_object"] * 3 + ["missing_field", "session_id", "create_time",
+                                                                     "type", "unstorable"]
+    assert set(SKIP_CODES) == {"not_object", "missing_field", "session_id", "create_time", "type", "unstorable"}
+    assert "'Deep'" in parsed.skipped[-1].reason  # names the field
+
+
+@pytest.mark.parametrize(("data", "sessions"), [
+    ({"0": record(SessionID=1), "1": record(SessionID=2)}, [1, 2]),  # a map of records
+    ({"0": record(SessionID=1), "1": {"junk": 1}}, [1]),
+    (record(SessionID=7), [7]),  # one record, not in a list
+    ({"items": [record(SessionID=1), record(SessionID=2)], "total": 2}, [1, 2]),  # a wrapper of one list
+    ({}, []),
+])
+def test_data_as_an_object_is_read_where_unambiguous(data: object, sessions: list[int]) -> None:
+    """Issue 12 (2): `Data` given as an object lost the whole answer."""
+    assert [lead.key.session_id for lead in parse_records("s", data).leads] == sessions
+
+
+@pytest.mark.parametrize("data", [{"a": [1], "b": [2]}, {"a": {"x": 1}}, {"a": 1}, "leads", 3])
+def test_data_of_no_clear_shape_is_a_record_error(data: object) -> None:
+    with pytest.raises(RecordError, match="Data is") as info:
+        parse_records("s", data)
+    assert info.value.code == "data"

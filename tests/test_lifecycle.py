@@ -185,8 +185,10 @@ async def test_admin_commands(simulator: tuple[Simulator, str], receiver: Receiv
     assert len(receiver.accepted) == 1
     code, out, _ = await run_cli("outbox", "purge", "--dead", "--older-than", "0", "--config", str(config))
     assert code == 0 and "1 dead letters purged" in out
+    code, out, _ = await run_cli("state", "forget", "alpha", "--dry-run", "--config", str(config))
+    assert code == 0 and "would forget 0 seen leads" in out  # both have a ledger: they stay
     code, out, _ = await run_cli("state", "forget", "alpha", "--config", str(config))
-    assert code == 0 and "forgot 2 seen leads" in out
+    assert code == 0 and "forgot 0 seen leads" in out
     with sqlite3.connect(tmp_path / "state.db") as db:
         assert db.execute("SELECT count(*) FROM chatbots WHERE name = 'alpha'").fetchone()[0] == 0
     code, _, err = await run_cli("outbox", "list", "--sink", "nope", "--config", str(config))

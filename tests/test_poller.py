@@ -154,6 +154,7 @@ async def test_keys_are_pruned_once_out_of_every_window(env: dict[str, object]) 
     assert isinstance(sim, Simulator) and isinstance(store, Store)
     sim.add_lead(SERIAL_A, created=NOW - timedelta(hours=1))
     clock = Clock(NOW)
+    sim.clock = clock  # time passes for the API too: its Date header agrees with our clock
     poller = make_poller(env, clock=clock)
     poller.ledger_days = 0  # no delivery ledger to keep: keys go as soon as no window can return them
     await poller.poll_once()
@@ -174,6 +175,7 @@ async def test_leads_stay_for_the_ledger_then_go(env: dict[str, object]) -> None
     assert isinstance(sim, Simulator) and isinstance(store, Store)
     sim.add_lead(SERIAL_A, created=NOW - timedelta(hours=1))
     clock = Clock(NOW)
+    sim.clock = clock  # time passes for the API too: its Date header agrees with our clock
     poller = make_poller(env, clock=clock)
     poller.ledger_days = 10
     await poller.poll_once()
@@ -238,3 +240,75 @@ async def test_poll_status_tracks_failures(env: dict[str, object]) -> None:
     assert poller.status.failures == 1 and "Bad Gateway" in (poller.status.last_error or "")
     assert await poller.poll_logged() is True
     assert poller.status.failures == 0 and poller.status.last_success is not None
+
+
+async def test_an_answer_of_mostly_unusable_records_is_counted_and_reported(env: dict[str, object]) -> None:
+    """Issue 12.8: a vendor format change (CreateTime as "2026/11/25 20:43") skipped every lead
+    while every poll reported success. Skips are counted per chatbot and reason, and when most of
+    an answer is unusable the chatbot's status says so, until an answer is usable again."""
+    from notifier.metrics import Metrics
+
+    sim = env["sim"]
+    assert isinstance(sim, Simulator)
+    metrics = Metrics()
+    poller = make_poller(env)
+    poller.metrics = metrics
+    assert await poller.poll_logged()
+    odd = [{"SessionID": 900 + i, "Type": "Lead", "CreateTime": "2026/11/25 20:43"} for i in range(3)]
+    sim.fail(serial=SERIAL_A, extra_records=odd)
+    sim.add_lead(SERIAL_A)
+    assert await poller.poll_logged()
+    assert poller.status.degraded is not None and "3 of 4 records skipped" in poller.status.degraded
+    assert metrics.registry.get_sample_value("smarterbot_notifier_records_skipped_total",
+                                             {"chatbot": "alpha", "reason": "create_time"}) == 3
+    sim.add_lead(SERIAL_A)  # the next answer is usable again
+    assert await poller.poll_logged()
+    assert poller.status.degraded is None
+
+
+async def test_a_clock_40_days_ahead_and_back_loses_no_lead_and_rewrites_no_history(
+        env: dict[str, object]) -> None:
+    """Issue 12.4: with the clock 40 days ahead, pruning forgot every key and coverage jumped past
+    the leads created meanwhile, which were "baselined, not notified" once the clock came back."""
+    sim, store = env["sim"], env["store"]
+    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    api_time = Clock(NOW)
+    sim.clock = api_time
+    old = sim.add_lead(SERIAL_A, created=NOW - timedelta(hours=1))
+    ours = Clock(NOW)
+    poller = make_poller(env, clock=ours)
+    await poller.poll_once()  # baseline
+    ours.now = NOW + timedelta(days=40)  # the machine's clock jumps; the API's does not
+    api_time.now = NOW + timedelta(minutes=1)
+    meanwhile = sim.add_lead(SERIAL_A)
+    result = await poller.poll_once()
+    assert result.new == 1  # clearly new whatever the time: notified, found in the API's window
+    assert poller.clocks.problem is not None and "40 days ahead" in poller.clocks.problem
+    await poller.poll_once()  # nothing new: under this clock nothing is pruned either
+    ours.now = api_time.now = NOW + timedelta(minutes=2)  # NTP sets it right
+    late = sim.add_lead(SERIAL_A)
+    assert (await poller.poll_once()).new == 1 and poller.clocks.problem is None
+    queued = store.db.execute("SELECT l.session_id FROM outbox o JOIN leads l ON l.id = o.lead_id "
+                              "WHERE o.state = 'pending' ORDER BY l.session_id").fetchall()
+    assert queued == [(meanwhile["SessionID"],), (late["SessionID"],)]
+    notified = dict(store.db.execute("SELECT session_id, notified FROM leads"))
+    assert notified == {old["SessionID"]: 0, meanwhile["SessionID"]: 1, late["SessionID"]: 1}
+
+
+async def test_a_first_start_ten_years_behind_baselines_once_the_clock_is_right(env: dict[str, object]) -> None:
+    """Issue 12.4: a first start with the clock 10 years behind baselined an empty window; once
+    NTP corrected it, the chatbot's three existing leads were notified as new."""
+    sim, store = env["sim"], env["store"]
+    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    sim.clock = Clock(NOW)
+    existing = [sim.add_lead(SERIAL_A, created=NOW - timedelta(hours=h)) for h in (1, 2, 3)]
+    ours = Clock(NOW - timedelta(days=3650))
+    poller = make_poller(env, clock=ours)
+    result = await poller.poll_once()
+    assert (result.new, result.baselined) == (0, 0) and store.coverage(SERIAL_A) is None  # waits for the clock
+    ours.now = NOW
+    result = await poller.poll_once()
+    assert (result.new, result.baselined) == (0, len(existing))
+    fresh = sim.add_lead(SERIAL_A)
+    assert (await poller.poll_once()).new == 1
+    assert queued_sessions(store) == [fresh["SessionID"]]

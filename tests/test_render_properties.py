@@ -11,15 +11,16 @@ from datetime import UTC, datetime
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from notifier.leads import LeadKey
 from notifier.sinks.console import render_json, render_text
 from notifier.sinks.email import EmailConfig, build_message
 from notifier.sinks.render import load_timezone
 from notifier.sinks.slack import digest_blocks, lead_blocks
-from notifier.types import Delivery, Lead
+from notifier.types import Delivery, Lead, LeadKey
 
 NASTY = st.sampled_from(["<!channel>", "<!here>", "@everyone", "<@U1>", "<#C1|x>", "\r\n", "\n", "\r", "\x1b[2J",
-                         "\x9b", "\u2028", "\u202e", "&amp;", "<https://e.vil|ok>", "Bcc: x@e.vil", "\x00", "\x85"])
+                         "\x9b", "\u2028", "\u202e", "&amp;", "<https://e.vil|ok>", "Bcc: x@e.vil", "\x00", "\x85",
+                         "=?utf-8?q?=0D=0ABcc:_x@e.vil?=", "=?", "?=", "*Email*", "\n*Phone*\n", "*", "_x_", "~", "`",
+                         "> *Name*", "```"])
 TEXT = st.lists(st.text(max_size=40) | NASTY, max_size=12).map("".join) | st.just("A" * 100_000)
 UTC_ZONE = load_timezone("UTC")
 
@@ -59,6 +60,41 @@ def test_slack_json_has_no_live_control_sequence(delivery: Delivery) -> None:
                 assert link.startswith("<mailto:"), link
 
 
+LABELS = ["*Name*", "*Email*", "*Phone*", "*Chatbot*", "*Created*", "*Page*", "*Message*"]
+BOLD = re.compile(r"\*[^*\n]+\*")
+FORMATTING = re.compile(r"[*_~`]")
+
+
+def without_link_targets(text: str) -> str:
+    """A mailto link's target is the exact address (Slack never formats inside `<...|`)."""
+    return re.sub(r"<mailto:[^|>]*\|", "<mailto:|", text)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.builds(make, TEXT, st.emails() | TEXT, TEXT, TEXT, TEXT, TEXT))
+def test_slack_lead_text_cannot_change_the_field_structure(delivery: Delivery) -> None:
+    """Issue 13: whatever the lead typed, the message has our bold labels and only ours, every field
+    value is one line without formatting, and every line of the lead's message is inside our quote."""
+    fallback, blocks = lead_blocks(delivery, UTC_ZONE)
+    assert "\n" not in fallback and not FORMATTING.search(fallback)
+    fields = [without_link_targets(f["text"]) for f in blocks[1]["fields"]]
+    message = blocks[2]["text"]["text"]
+    assert BOLD.findall("\n".join([*fields, message])) == LABELS
+    for text in fields:
+        label, value = text.split("\n", 1)
+        assert label in LABELS and "\n" not in value and not FORMATTING.search(value), text
+    lines = message.split("\n")
+    assert lines[0] == "*Message*"
+    if lines[1:] != ["_(no message)_"]:
+        assert all(line.startswith(">") and not FORMATTING.search(line) for line in lines[1:]), message
+    _, digest = digest_blocks([delivery, delivery, delivery], UTC_ZONE)
+    for block in digest[1:]:
+        for line in block["text"]["text"].split("\n"):
+            if line:
+                assert line.startswith("• *Lead* ") and BOLD.findall(line) == ["*Lead*"], line
+                assert not FORMATTING.search(line.removeprefix("• *Lead* ")), line
+
+
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(deliveries)
 def test_email_has_exactly_the_configured_recipients_and_headers(delivery: Delivery) -> None:
@@ -70,7 +106,9 @@ def test_email_has_exactly_the_configured_recipients_and_headers(delivery: Deliv
                                   "MIME-Version"}
     assert parsed["To"] == "a@example.com, b@example.com"
     assert parsed["Cc"] is None and parsed["Bcc"] is None
-    html = parsed.get_body(("html",)).get_content()
+    body = parsed.get_body(("html",))
+    assert body is not None
+    html = body.get_content()
     assert "<script" not in html.lower() or "&lt;script" in html.lower()
 
 

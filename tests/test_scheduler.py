@@ -130,3 +130,14 @@ async def test_next_due_keeps_the_phase_and_backs_off_after_failures(
         waits.append(next_due(bot, due=100.0, ok=False, now=100.0) - 100.0)
     assert waits[0] <= 5 * (1 + JITTER) and waits[-1] >= 120 * (1 - JITTER)
     assert max(waits) <= 120 * (1 + JITTER)
+
+
+async def test_the_apis_retry_after_is_honoured(slow_api: tuple[Simulator, LeadListClient, Store]) -> None:
+    """Issue 12.9: an API `Retry-After: 3600` was ignored (retries came at 0.8 to 15 s)."""
+    sim, client, store = slow_api
+    (bot,) = pollers(sim, client, store, [10.0])
+    sim.fail(status=429, envelope={"Success": False, "Code": 429, "Message": "slow down"},
+             headers={"Retry-After": "3600"})
+    assert not await bot.poll_logged()
+    assert bot.status.retry_after == 3600
+    assert next_due(bot, due=100.0, ok=False, now=100.0) >= 3700.0

@@ -2,10 +2,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from notifier.exceptions import ConfigError, PermanentError, RetryableError
 from notifier.leads import parse_records
@@ -30,13 +34,13 @@ def delivery(record: dict[str, object] | None = None, chatbot: str = "sales") ->
     return Delivery(id=1, sink="slack", chatbot=chatbot, lead=lead, detected_at=datetime.now(UTC))
 
 
-def webhook_sink(http: aiohttp.ClientSession, slack: SlackStandIn, **kwargs: object) -> SlackSink:
-    config = SlackConfig(name="slack", type="slack", webhook_url=slack.webhook_url, **kwargs)  # type: ignore[arg-type]
+def webhook_sink(http: aiohttp.ClientSession, slack: SlackStandIn, **kwargs: Any) -> SlackSink:
+    config = SlackConfig(name="slack", type="slack", webhook_url=slack.webhook_url, **kwargs)
     return SlackSink(config, SinkContext(http=http))
 
 
-def token_sink(http: aiohttp.ClientSession, slack: SlackStandIn, **kwargs: object) -> SlackSink:
-    config = SlackConfig(name="slack", type="slack", token=slack.token, channel="C123",  # type: ignore[arg-type]
+def token_sink(http: aiohttp.ClientSession, slack: SlackStandIn, **kwargs: Any) -> SlackSink:
+    config = SlackConfig(name="slack", type="slack", token=slack.token, channel="C123",
                          base_url=slack.base, **kwargs)
     return SlackSink(config, SinkContext(http=http))
 
@@ -121,7 +125,7 @@ async def test_webhook_errors(http: aiohttp.ClientSession, slack: SlackStandIn,
 async def test_api_errors(http: aiohttp.ClientSession, slack: SlackStandIn,
                           response: tuple[int, object, dict[str, str]],
                           error: type[Exception], words: str) -> None:
-    slack.responses = [response]  # type: ignore[list-item]
+    slack.responses = [response]
     with pytest.raises(error, match=words):
         await token_sink(http, slack).send(delivery())
 
@@ -167,3 +171,115 @@ def test_config_rules_across_fields(table: dict[str, object], words: str) -> Non
     with pytest.raises(ConfigError, match=words) as info:
         parse_config(text, env={})
     assert info.value.key is not None and info.value.key.startswith("sinks.s")
+
+
+# -- issue 13: a lead cannot draw fake fields -------------------------------------------------------
+
+FORGER = {
+    "Type": "Lead", "SessionID": 9, "CreateTime": "2025-06-01T12:00:00Z",
+    "Name": "Ana\n*Email*\nceo@bank.example\n*Phone*\n+1 999",
+    "Email": "*Email*\r\nfake@bank.example", "PhoneNumber": "_555_\n~0100~ `x`",
+    "Content": "Hello\n*Name*\nSomeone Else\n> *Page*\n```https://evil.example```",
+    "URI": "https://shop.example.org\n*Chatbot*\nsupport",
+}
+LABELS = ["*Name*", "*Email*", "*Phone*", "*Chatbot*", "*Created*", "*Page*", "*Message*"]
+
+
+def mrkdwn_texts(message: dict[str, object]) -> list[str]:
+    texts: list[str] = []
+    for block in message["blocks"]:  # type: ignore[attr-defined]
+        texts += [f["text"] for f in block.get("fields", [])]
+        if block.get("type") == "section" and "text" in block:
+            texts.append(block["text"]["text"])
+    return texts
+
+
+@pytest.mark.parametrize("make", [webhook_sink, token_sink])
+async def test_lead_text_cannot_draw_a_field(http: aiohttp.ClientSession, slack: SlackStandIn, make: object) -> None:
+    await make(http, slack).send(delivery(FORGER, chatbot="sales\n*Name*\nx"))  # type: ignore[operator]
+    (message,) = slack.messages
+    texts = mrkdwn_texts(message)
+    assert re.findall(r"\*[^*\n]+\*", "\n".join(texts)) == LABELS  # our labels, and only ours
+    fields = message["blocks"][1]["fields"]
+    for item in fields:
+        _label, value = item["text"].split("\n", 1)
+        assert "\n" not in value and not re.search(r"[*_~`]", value), item["text"]
+    quoted = texts[-1].split("\n")[1:]
+    assert all(line.startswith(">") for line in quoted) and not re.search(r"[*_~`]", "\n".join(quoted))
+    assert "Someone Else" in texts[-1] and "ceo@bank.example" in fields[0]["text"]  # still readable
+    assert "\n" not in message["text"]
+
+
+# -- issue 9: whatever a server answers is parsed defensively ----------------------------------------
+
+@dataclass
+class RawSlack(SlackStandIn):
+    """The stand-in, able to answer with any body and content type: (status, content type, body)."""
+
+    raw: list[tuple[int, str, str]] = field(default_factory=list)
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        return self._raw() if self.raw else await super().webhook(request)
+
+    async def post_message(self, request: web.Request) -> web.Response:
+        return self._raw() if self.raw else await super().post_message(request)
+
+    def _raw(self) -> web.Response:
+        status, kind, body = self.raw.pop(0)
+        return web.Response(status=status, body=body.encode(), headers={"Content-Type": kind})
+
+
+@pytest.fixture
+async def raw_slack() -> AsyncIterator[RawSlack]:
+    stand_in = RawSlack()
+    app = web.Application()
+    app.router.add_post("/services/T000/B000/XXXX", stand_in.webhook)
+    app.router.add_post("/api/chat.postMessage", stand_in.post_message)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    stand_in.base = f"http://127.0.0.1:{port}/api/"
+    stand_in.webhook_url = f"http://127.0.0.1:{port}/services/T000/B000/XXXX"
+    yield stand_in
+    await runner.cleanup()
+
+
+PORTAL = ("<html><head><title>Sign in to Hotel Wi-Fi</title></head><body>You asked for "
+          "{url} with xoxb-test-token-abcdef</body></html>")
+
+
+@pytest.mark.parametrize("make", [webhook_sink, token_sink])
+@pytest.mark.parametrize(("kind", "body"), [
+    ("text/html; charset=utf-8", PORTAL), ("text/html", ""), ("text/plain", ""), ("text/plain", "upstream hiccup"),
+    ("application/json", ""), ("application/json", "<html>cut</html>"), ("application/json", "[1, 2]"),
+    ("application/json", '{"channel": "C1"}'),
+])
+async def test_unexpected_200_body_is_retryable(http: aiohttp.ClientSession, raw_slack: RawSlack, make: object,
+                                                kind: str, body: str) -> None:
+    """Issue 9: a 200 that is not Slack's answer (a captive portal, a proxy, a cut body) is retried."""
+    raw_slack.raw = [(200, kind, body.replace("{url}", raw_slack.webhook_url))]
+    with pytest.raises(RetryableError, match="not Slack's") as info:
+        await make(http, raw_slack).send(delivery())  # type: ignore[operator]
+    reason = str(info.value)
+    assert "\n" not in reason and "<" not in reason
+    for secret in (raw_slack.webhook_url, "/services/T000", raw_slack.token, "127.0.0.1"):
+        assert secret not in reason
+    if make is webhook_sink and body in (PORTAL, "upstream hiccup"):  # the body is the plain reason
+        assert ("Sign in to Hotel Wi-Fi" if body == PORTAL else body) in reason
+
+
+@pytest.mark.parametrize("make", [webhook_sink, token_sink])
+@pytest.mark.parametrize(("status", "error"), [(502, RetryableError), (503, RetryableError), (404, PermanentError)])
+async def test_html_error_pages_keep_their_status_meaning(http: aiohttp.ClientSession, raw_slack: RawSlack,
+                                                          make: object, status: int, error: type[Exception]) -> None:
+    raw_slack.raw = [(status, "text/html", "<html><title>Bad gateway</title></html>")]
+    with pytest.raises(error, match=str(status)):
+        await make(http, raw_slack).send(delivery())  # type: ignore[operator]
+
+
+async def test_webhook_ok_and_api_json_still_deliver(http: aiohttp.ClientSession, raw_slack: RawSlack) -> None:
+    raw_slack.raw = [(200, "text/plain", "ok"), (200, "application/json", '{"ok": true, "ts": "9.9"}')]
+    assert await webhook_sink(http, raw_slack).send(delivery()) == "HTTP 200"
+    assert await token_sink(http, raw_slack).send(delivery()) == "HTTP 200 ok, ts 9.9"

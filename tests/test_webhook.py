@@ -1,15 +1,22 @@
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any, NoReturn
 
 import aiohttp
 import pytest
 from aiohttp import web
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
+from notifier.api import parse_answer
 from notifier.exceptions import PermanentError, RetryableError
 from notifier.leads import parse_records
-from notifier.sinks.base import SinkContext
+from notifier.sinks.base import MAX_RETRY_AFTER, SinkContext, parse_retry_after, raise_for_http
+from notifier.sinks.console import ConsoleConfig, ConsoleSink
 from notifier.sinks.webhook import WebhookConfig, WebhookSink
 from notifier.types import Delivery
 
@@ -89,7 +96,7 @@ async def test_retry_after_seconds_and_date(http: aiohttp.ClientSession, receive
     assert info.value.retry_after == 30
     with pytest.raises(RetryableError) as info:
         await target.send(delivery())
-    assert info.value.retry_after is not None and info.value.retry_after > 1e8
+    assert info.value.retry_after == MAX_RETRY_AFTER  # decades away: clamped to a day
 
 
 async def test_redirects_are_not_followed(http: aiohttp.ClientSession, receiver: Receiver) -> None:
@@ -119,3 +126,115 @@ async def test_hostile_text_is_just_json(http: aiohttp.ClientSession, receiver: 
     await sink(http, receiver.url, secret=WEBHOOK_SECRET).send(delivery(hostile))
     assert json.loads(receiver.accepted[0].body)["data"]["lead"] == hostile
     assert "X-Evil" not in receiver.accepted[0].headers
+
+
+# -- every body we send is valid JSON (issue 12, item 7) ---------------------------------------
+def strict_loads(text: str | bytes) -> Any:
+    """RFC 8259 and nothing more: NaN, Infinity and -Infinity are not JSON."""
+    def refuse(constant: str) -> NoReturn:
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture
+async def strict_receiver() -> AsyncIterator[tuple[str, list[Any]]]:
+    """A receiver that parses like a strict consumer: 400 for a body that is not valid JSON."""
+    bodies: list[Any] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        try:
+            bodies.append(strict_loads(await request.read()))
+        except ValueError as exc:
+            return web.Response(status=400, text=f"invalid JSON: {exc}")
+        return web.Response(status=204)
+
+    runner, url = await serve(handle)
+    yield url, bodies
+    await runner.cleanup()
+
+
+VENDOR_BODY = (b'{"Success": true, "Data": [{"Type": "Lead", "SessionID": 8, "CreateTime": "2025-06-01T12:00:00Z",'
+               b' "Count": NaN, "Score": Infinity, "Low": -Infinity, "Big": 1e999, "Fine": 1.5,'
+               b' "Nested": {"x": [NaN, 2]}}]}')
+
+
+async def test_non_finite_numbers_are_sent_as_null(http: aiohttp.ClientSession,
+                                                   strict_receiver: tuple[str, list[Any]]) -> None:
+    """Before, the body held `NaN` verbatim: the receiver answered 400 and the lead became a
+    dead letter. The stored record keeps what the vendor sent."""
+    url, bodies = strict_receiver
+    lead = parse_answer("a", "serial-1", 200, VENDOR_BODY).leads[0]
+    target = sink(http, url)
+    await target.send(Delivery(id=1, sink="crm", chatbot="bookings", lead=lead, detected_at=DETECTED))
+    sent = bodies[0]["data"]["lead"]
+    assert (sent["Count"], sent["Score"], sent["Low"], sent["Big"], sent["Fine"]) == (None, None, None, None, 1.5)
+    assert sent["Nested"] == {"x": [None, 2]}
+    assert lead.raw["Score"] == float("inf") and lead.raw["Count"] != lead.raw["Count"]  # raw: as the vendor sent
+    strict_loads(target.render(Delivery(id=1, sink="crm", chatbot="b", lead=lead, detected_at=DETECTED)))
+
+
+async def test_console_json_is_valid_json_too(http: aiohttp.ClientSession) -> None:
+    lead = parse_answer("a", "serial-1", 200, VENDOR_BODY).leads[0]
+    out = io.StringIO()
+    console = ConsoleSink(ConsoleConfig(name="c", type="console", format="json"), SinkContext(http=http, stdout=out))
+    await console.send(Delivery(id=1, sink="c", chatbot="b", lead=lead, detected_at=DETECTED))
+    assert strict_loads(out.getvalue())["data"]["lead"]["Count"] is None
+
+
+# -- what a receiver's HTTP answer says (issue 12, item 9) -------------------------------------
+async def test_a_superscript_retry_after_is_no_internal_error(http: aiohttp.ClientSession,
+                                                              receiver: Receiver) -> None:
+    """`Retry-After: ²` made the send raise ValueError: 'internal error (a bug)', a dead letter."""
+    receiver.responses = [(503, {"Retry-After": "\u00b2"}, 0.0)]
+    with pytest.raises(RetryableError) as info:
+        await sink(http, receiver.url, secret=WEBHOOK_SECRET).send(delivery())
+    assert info.value.retry_after is None
+
+
+async def test_a_relative_redirect_is_named_in_full(http: aiohttp.ClientSession) -> None:
+    async def redirect(_: web.Request) -> web.Response:
+        return web.Response(status=308, headers={"Location": "/new-hook?token=leak"})
+
+    runner, url = await serve(redirect)
+    try:
+        with pytest.raises(PermanentError) as info:
+            await sink(http, url).send(delivery())
+    finally:
+        await runner.cleanup()
+    assert url.replace("/hook", "/new-hook") in str(info.value)
+    assert "leak" not in str(info.value)
+
+
+@pytest.mark.parametrize("status", [100, 199, 600, 999])
+def test_an_unknown_status_retries(status: int) -> None:
+    with pytest.raises(RetryableError):
+        raise_for_http(status, "odd", None)
+
+
+NOW = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("30", 30.0), (" 30 ", 30.0), ("0", 0.0), ("1.5", 1.5), ("\u00b2", None), ("\u0663", None), ("\uff13", None),
+    ("-5", None), ("", None), (None, None), ("9" * 5000, None), ("9" * 30, MAX_RETRY_AFTER),
+    ("Wed, 01 Jan 2025 00:01:00 GMT", 60.0), ("Tue, 31 Dec 2024 00:00:00 GMT", 0.0),
+    ("Wed, 21 Oct 2065 07:28:00 GMT", MAX_RETRY_AFTER), ("Mon, 01 Jan 99999 00:00:00 GMT", None),
+    ("Mon, 01 Jan 2025 00:00:00 +9999", None), ("nan", None), ("inf", None), ("1e9", None),
+])
+def test_parse_retry_after_reads_only_what_it_understands(value: str | None, expected: float | None) -> None:
+    assert parse_retry_after(value, NOW) == expected
+    assert parse_retry_after("600", NOW, maximum=60) == 60
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80) | st.from_regex(r"\s*[0-9\u00b2\u0660-\u0669.]{0,30}\s*", fullmatch=True)
+       | st.datetimes().map(lambda d: d.strftime("%a, %d %b %Y %H:%M:%S GMT")),
+       st.datetimes(timezones=st.just(UTC)))
+@example("\u00b2", NOW)
+@example("Mon, 01 Jan 99999999999999999999 00:00:00 GMT", NOW)
+@example("Fri, 31 Dec 9999 23:59:59 -2359", NOW)
+def test_parse_retry_after_never_raises(value: str, now: datetime) -> None:
+    seconds = parse_retry_after(value, now)
+    assert seconds is None or 0.0 <= seconds <= MAX_RETRY_AFTER
+    if seconds is not None and value.strip().isdecimal():
+        assert seconds == min(float(value.strip()), MAX_RETRY_AFTER)

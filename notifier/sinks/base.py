@@ -3,6 +3,7 @@ small helpers for turning HTTP answers into Retryable/Permanent errors."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -106,27 +107,39 @@ def public_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
-def parse_retry_after(value: str | None, now: datetime) -> float | None:
-    """Retry-After as seconds (delta-seconds or an HTTP date); None when absent or unreadable."""
+MAX_RETRY_AFTER = 86_400.0  # a day: longer is a misconfigured server, not a plan
+_DELTA_SECONDS = re.compile(r"[0-9]{1,32}(?:\.[0-9]{1,9})?", re.ASCII)
+
+
+def parse_retry_after(value: str | None, now: datetime, maximum: float = MAX_RETRY_AFTER) -> float | None:
+    """Retry-After as seconds between 0 and `maximum`: delta-seconds or an HTTP date; None when
+    absent or unreadable. Whatever a server sends, this never raises. Only ASCII digits are a
+    number (`"²".isdigit()` is true, yet no number); a number or date beyond `maximum` is
+    `maximum`; a date in the past is 0; a negative number or anything else is None (no wish
+    expressed: the caller's own backoff applies)."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if not value or len(value) > 64:  # an HTTP date is 29 characters
+        return None
+    if _DELTA_SECONDS.fullmatch(value):
+        return min(float(value), maximum)  # at most 42 digits: a finite float
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - now).total_seconds()
+    except (TypeError, ValueError, IndexError, OverflowError, AttributeError):
+        return None  # the email package's own failures on odd input
+    return min(max(0.0, seconds), maximum)
 
 
 def raise_for_http(status: int, reason: str, retry_after: float | None) -> None:
     """The one mapping of HTTP status to outcome shared by HTTP sinks: 2xx delivered;
-    408, 429 and 5xx retry; redirects and other 4xx are permanent."""
+    408, 425, 429 and 5xx retry; redirects and other 4xx are permanent. A status outside
+    200-599 says nothing we understand: it retries, like any failure that may pass."""
     if 200 <= status < 300:
         return
-    if status in (408, 425, 429) or status >= 500:
+    if status in (408, 425, 429) or status >= 500 or status < 200:
         raise RetryableError(reason, status=status, retry_after=retry_after)
     raise PermanentError(reason, status=status)

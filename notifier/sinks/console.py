@@ -3,7 +3,6 @@ document per line (json). Lead text never reaches the terminal with its control 
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING, Literal
 from ..text import safe_text
 from ..types import Delivery
 from .base import SinkBase, SinkConfig, SinkContext
-from .webhook import webhook_payload
+from .webhook import strict_json, webhook_payload
 
 if TYPE_CHECKING:
     from ..tomlsource import Table
@@ -38,8 +37,10 @@ def render_text(delivery: Delivery) -> str:
 
 
 def render_json(delivery: Delivery) -> str:
-    # ensure_ascii escapes every control and non-ASCII character: nothing reaches the terminal raw
-    return json.dumps(webhook_payload(delivery), ensure_ascii=True, separators=(",", ":"))
+    """The webhook payload as one line of valid JSON (NaN and Infinity written as null, see
+    `strict_json`). ensure_ascii escapes every control and non-ASCII character: nothing reaches
+    the terminal raw."""
+    return strict_json(webhook_payload(delivery), ensure_ascii=True, separators=(",", ":"))
 
 
 class ConsoleSink(SinkBase):

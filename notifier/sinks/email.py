@@ -1,6 +1,7 @@
 """Email through aiosmtplib: one readable multipart message per lead (text and HTML), Reply-To
 set to the lead so a salesperson answers with one click. Envelope recipients are always the
-configured ones, and no lead text can reach a header with a line break in it."""
+configured ones, and no lead text can reach a header with a line break or an RFC 2047 encoded
+word in it (the email package would decode the word, line breaks and all)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from ..exceptions import PermanentError, RetryableError
 from ..text import safe_text
 from ..types import Delivery
 from .base import SinkBase, SinkConfig, SinkContext
-from .render import label, load_timezone, local_time, one_line, plain, valid_email
+from .render import header_text, label, load_timezone, local_time, one_line, plain, valid_email
 
 if TYPE_CHECKING:
     from ..tomlsource import Table
@@ -88,7 +89,10 @@ def _lead_lines(delivery: Delivery, zone: tzinfo) -> list[tuple[str, str]]:
 
 def build_message(config: EmailConfig, deliveries: Sequence[Delivery], zone: tzinfo,
                   now_header: str) -> EmailMessage:
-    """One lead, or a digest of several. Every header value is one sanitized line."""
+    """One lead, or a digest of several. Every header value is one sanitized line. From, To and the
+    subject prefix come from the config (checked there); lead text reaches two headers: Subject,
+    through `header_text` (no line breaks, no encoded words), and Reply-To, only when the address
+    passes `valid_email` (which refuses encoded words and anything parsed back differently)."""
     message = EmailMessage()
     message["From"] = config.sender
     message["To"] = ", ".join(config.to)
@@ -97,8 +101,8 @@ def build_message(config: EmailConfig, deliveries: Sequence[Delivery], zone: tzi
     domain = parseaddr(config.sender)[1].rpartition("@")[2] or "smarterbot-notifier"
     if len(deliveries) == 1:
         lead = first.lead
-        who = one_line(lead.name, 80) or one_line(lead.email, 80) or "someone"
-        subject = f"{label(first)}: {who} via {one_line(first.chatbot, 60)}"
+        who = header_text(lead.name, 80) or header_text(lead.email, 80) or "someone"
+        subject = f"{label(first)}: {who} via {header_text(first.chatbot, 60)}"
         message["Message-ID"] = f"<{first.webhook_id}@{domain}>"  # the same on every retry
         if valid_email(lead.email):
             message["Reply-To"] = lead.email
@@ -114,7 +118,8 @@ def build_message(config: EmailConfig, deliveries: Sequence[Delivery], zone: tzi
         text = subject + ":\n\n" + "\n".join(f"- {item}" for item in items) + "\n"
         html_body = (f"<html><body><h2>{html.escape(subject)}</h2><ul>"
                      + "".join(f"<li>{html.escape(item)}</li>" for item in items) + "</ul></body></html>")
-    message["Subject"] = f"{config.subject} {subject}".strip()
+    # the whole value once more: pieces put side by side must not spell an encoded word either
+    message["Subject"] = header_text(f"{config.subject} {subject}", 400)
     message.set_content(text)
     message.add_alternative(html_body, subtype="html")
     return message

@@ -4,8 +4,10 @@ and bodies at DEBUG, and both the webhook URL and the token are secrets)."""
 
 from __future__ import annotations
 
+import html
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
@@ -20,7 +22,7 @@ from ..exceptions import PermanentError, RetryableError
 from ..text import safe_text
 from ..types import Delivery
 from .base import SinkBase, SinkConfig, SinkContext, parse_retry_after
-from .render import label, load_timezone, local_time, mrkdwn, valid_email
+from .render import label, load_timezone, local_time, slack_field, slack_quote, valid_email
 
 if TYPE_CHECKING:
     from ..tomlsource import Table
@@ -30,6 +32,9 @@ FIELD_LIMIT = 2000
 SLACK_API = "https://slack.com/api/"
 _quiet = logging.getLogger("notifier.sinks.slack.sdk")
 _quiet.setLevel(logging.ERROR)
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
+_TAGS = re.compile(r"<[^>]*>?")
+_URLISH = re.compile(r"(?:[a-z][a-z0-9+.-]*://|/services/|xox[a-z]-)\S*", re.IGNORECASE)
 _RETRYABLE = {"ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable",
               "request_timeout", "team_added_to_org"}
 
@@ -74,14 +79,17 @@ class SlackConfig(SinkConfig):
 
 
 def lead_blocks(delivery: Delivery, zone: tzinfo) -> tuple[str, list[dict[str, Any]]]:
-    """The fallback text and the Block Kit message for one lead."""
+    """The fallback text and the Block Kit message for one lead. Every lead field is one line with
+    Slack's formatting neutralised (`slack_field`), and the message is a quote we open on every
+    line (`slack_quote`): no lead text can draw a line that looks like one of our `*Field*` labels.
+    (plain_text objects would do that too, but cannot carry the bold labels or the mailto link.)"""
     lead = delivery.lead
-    email = (f"<mailto:{lead.email}|{mrkdwn(lead.email, 200)}>" if valid_email(lead.email)
-             else mrkdwn(lead.email, 200) or "—")
-    fields = [("Name", mrkdwn(lead.name, 300) or "—"), ("Email", email),
-              ("Phone", mrkdwn(lead.phone, 100) or "—"), ("Chatbot", mrkdwn(delivery.chatbot, 200)),
-              ("Created", local_time(delivery, zone)), ("Page", mrkdwn(lead.uri, 500) or "—")]
-    content = mrkdwn(lead.content, TEXT_LIMIT - 20) or "_(no message)_"
+    email = (f"<mailto:{lead.email}|{slack_field(lead.email, 200)}>" if valid_email(lead.email)
+             else slack_field(lead.email, 200) or "—")
+    fields = [("Name", slack_field(lead.name, 300) or "—"), ("Email", email),
+              ("Phone", slack_field(lead.phone, 100) or "—"), ("Chatbot", slack_field(delivery.chatbot, 200)),
+              ("Created", local_time(delivery, zone)), ("Page", slack_field(lead.uri, 500) or "—")]
+    content = slack_quote(lead.content, TEXT_LIMIT - 20) or "_(no message)_"
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": label(delivery), "emoji": False}},
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"[:FIELD_LIMIT]} for k, v in fields]},
@@ -89,8 +97,8 @@ def lead_blocks(delivery: Delivery, zone: tzinfo) -> tuple[str, list[dict[str, A
         {"type": "context", "elements": [{"type": "mrkdwn",
                                           "text": f"SessionID {lead.key.session_id} · {delivery.webhook_id}"}]},
     ]
-    fallback = (f"{label(delivery)} from {mrkdwn(lead.name, 200) or 'someone'} "
-                f"({mrkdwn(lead.email, 200) or 'no email'}) via {mrkdwn(delivery.chatbot, 200)}")
+    fallback = (f"{label(delivery)} from {slack_field(lead.name, 200) or 'someone'} "
+                f"({slack_field(lead.email, 200) or 'no email'}) via {slack_field(delivery.chatbot, 200)}")
     return fallback[:TEXT_LIMIT], blocks
 
 
@@ -98,8 +106,8 @@ def digest_blocks(deliveries: Sequence[Delivery], zone: tzinfo) -> tuple[str, li
     """One message listing many leads: at most 45 sections of at most 3,000 characters."""
     chatbots = sorted({d.chatbot for d in deliveries})
     title = f"{len(deliveries)} new leads and appointments"
-    lines = [f"• *{d.lead.type}* {mrkdwn(d.lead.name, 80) or '—'} · {mrkdwn(d.lead.email, 80) or '—'} · "
-             f"{mrkdwn(d.chatbot, 60)} · {local_time(d, zone)}" for d in deliveries]
+    lines = [f"• *{d.lead.type}* {slack_field(d.lead.name, 80) or '—'} · {slack_field(d.lead.email, 80) or '—'} · "
+             f"{slack_field(d.chatbot, 60)} · {local_time(d, zone)}" for d in deliveries]
     sections: list[str] = []
     current = ""
     shown = 0
@@ -114,7 +122,7 @@ def digest_blocks(deliveries: Sequence[Delivery], zone: tzinfo) -> tuple[str, li
     sections.append(current + (f"…and {len(lines) - shown} more" if shown < len(lines) else ""))
     blocks: list[dict[str, Any]] = [{"type": "header", "text": {"type": "plain_text", "text": title}}]
     blocks += [{"type": "section", "text": {"type": "mrkdwn", "text": s}} for s in sections if s.strip()]
-    fallback = f"{title} via {mrkdwn(', '.join(chatbots), 500)}"
+    fallback = f"{title} via {slack_field(', '.join(chatbots), 500)}"
     return fallback[:TEXT_LIMIT], blocks
 
 
@@ -149,12 +157,22 @@ class SlackSink(SinkBase):
         try:
             if self._webhook is not None:
                 response = await self._webhook.send(text=text, blocks=blocks, unfurl_links=False, unfurl_media=False)
-                self._check_webhook(response.status_code, str(response.body), response.headers)
+                self._check_webhook(response.status_code, str(response.body or ""), response.headers)
                 return f"HTTP {response.status_code}"
             assert self._web is not None
-            answer = await self._web.chat_postMessage(channel=self.config.channel or "", text=text, blocks=blocks,
-                                                      unfurl_links=False, unfurl_media=False)
-            return f"HTTP {answer.status_code} ok, ts {safe_text(str(answer.get('ts') or '-'), 40)}"
+            try:
+                answer = await self._web.chat_postMessage(channel=self.config.channel or "", text=text,
+                                                          blocks=blocks, unfurl_links=False, unfurl_media=False)
+            except (SlackApiError, aiohttp.ClientError, SlackClientError, OSError):
+                raise
+            except (AttributeError, TypeError, ValueError):
+                # slack-sdk trips over some bodies that are not a JSON object (text/plain, a JSON list)
+                raise RetryableError("Slack API answered with a body that is not Slack's JSON") from None
+            data = answer.data
+            if not isinstance(data, dict) or data.get("ok") is not True:
+                raise RetryableError(f"Slack API answered {answer.status_code} with a body that is not Slack's JSON",
+                                     status=answer.status_code)
+            return f"HTTP {answer.status_code} ok, ts {safe_text(str(data.get('ts') or '-'), 40)}"
         except SlackApiError as exc:
             self._check_api(exc)
         except TimeoutError:
@@ -163,24 +181,70 @@ class SlackSink(SinkBase):
             raise RetryableError(f"Slack unreachable: {type(exc).__name__}: {safe_text(str(exc))}") from None
 
     def _check_webhook(self, status: int, body: str, headers: Any) -> None:
-        if status == 200:
+        """An incoming webhook answers 200 with `ok`. Any other 2xx/3xx answer (an HTML page from a
+        proxy or captive portal, an empty body) is not Slack saying yes: it is retried, never a
+        permanent dead letter."""
+        if status == 200 and _webhook_ok(body):
             return
-        reason = f"Slack webhook answered {status}: {safe_text(body, 200)}"
+        if status < 400:
+            kind = safe_text((_header(headers, "Content-Type") or "no content type").split(";")[0], 60)
+            raise RetryableError(f"Slack webhook answered {status} with {kind}, not Slack's ok: {self._snippet(body)}",
+                                 status=status)
+        reason = f"Slack webhook answered {status}: {self._snippet(body)}"
         if status == 429 or status >= 500:
             raise RetryableError(reason, status=status,
                                  retry_after=parse_retry_after(_header(headers, "Retry-After"), self.clock()))
         raise PermanentError(reason + _hint(body, status), status=status)
 
     def _check_api(self, exc: SlackApiError) -> NoReturn:
-        response = exc.response
-        status = response.status_code
-        data = response.data if isinstance(response.data, dict) else {}
+        """Slack's Web API answers JSON with `ok` and an `error` code. Anything else (HTML, an empty
+        or cut body) is classified by its status alone: 4xx is permanent, the rest is retried."""
+        response: Any = exc.response  # a SlackResponse, or aiohttp's response for a body that is not JSON
+        status = int(getattr(response, "status_code", None) or getattr(response, "status", None) or 0)
+        headers = getattr(response, "headers", None)
+        retry_after = parse_retry_after(_header(headers, "Retry-After"), self.clock())
+        data = getattr(response, "data", None)
+        if not isinstance(data, dict) or "ok" not in data:
+            kind = safe_text((_header(headers, "Content-Type") or "no content type").split(";")[0], 60)
+            body = _unexpected_body(exc)
+            reason = (f"Slack API answered {status} with {kind}, not Slack's JSON"
+                      + (f": {self._snippet(body)}" if body else ""))
+            if 400 <= status < 500 and status != 429:
+                raise PermanentError(reason + _hint("", status), status=status)
+            raise RetryableError(reason, status=status or None, retry_after=retry_after)
         error = str(data.get("error") or "")
-        reason = f"Slack API answered {status}: {error or 'no error code'}"
-        if status == 429 or status >= 500 or error in _RETRYABLE:
-            raise RetryableError(reason, status=status,
-                                 retry_after=parse_retry_after(_header(response.headers, "Retry-After"), self.clock()))
+        reason = f"Slack API answered {status}: {safe_text(error, 100) or 'no error code'}"
+        if status == 429 or status >= 500 or error in _RETRYABLE or (status < 400 and not error):
+            raise RetryableError(reason, status=status, retry_after=retry_after)
         raise PermanentError(reason + _hint(error, status), status=status)
+
+    def _snippet(self, body: str) -> str:
+        """A plain, short reason from whatever a server sent: an HTML page's title (or its text), one
+        line, without the webhook URL, the token or any URL at all (proxies echo the request)."""
+        title = _TITLE.search(body)
+        text = " ".join(html.unescape(_TAGS.sub(" ", title.group(1) if title else body)).split())
+        for secret in (self.config.webhook_url, self.config.token):
+            if secret:
+                text = text.replace(secret, "[secret]")
+        return safe_text(_URLISH.sub("[secret]", text), 100) or "(empty body)"
+
+
+def _webhook_ok(body: str) -> bool:
+    if body.strip() == "ok":
+        return True
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get("ok") is True
+
+
+def _unexpected_body(exc: SlackApiError) -> str:
+    """slack-sdk puts the start of a body it could not parse as JSON into its message."""
+    message = str(exc.args[0]) if exc.args else ""
+    message = message.split("\nThe server responded with:", 1)[0]
+    marker = "non-JSON format: "
+    return message.split(marker, 1)[1] if marker in message else ""
 
 
 def _header(headers: Any, name: str) -> str | None:

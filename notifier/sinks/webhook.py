@@ -7,9 +7,11 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin
 
 import aiohttp
 
@@ -87,8 +89,31 @@ def webhook_payload(delivery: Delivery) -> dict[str, Any]:
 
 
 def webhook_body(delivery: Delivery) -> bytes:
-    """The same lead always yields the same bytes, so a retry is byte-identical."""
-    return json.dumps(webhook_payload(delivery), ensure_ascii=False, separators=(",", ":")).encode()
+    """The same lead always yields the same bytes, so a retry is byte-identical; always valid
+    JSON (see `strict_json`) in valid UTF-8."""
+    return strict_json(webhook_payload(delivery), ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+
+
+def strict_json(value: Any, **options: Any) -> str:
+    """`json.dumps(value, **options)`, but always valid JSON (RFC 8259), which has no NaN or
+    Infinity: Python reads `NaN`, `Infinity` and `-Infinity` (and `1e999`) in a vendor record and
+    would write them back, and a strict receiver refuses the whole body. Each is written as
+    `null`, as JavaScript's JSON.stringify does: the field stays, saying "no number". Only the
+    body changes; the stored record keeps what the vendor sent."""
+    try:
+        return json.dumps(value, allow_nan=False, **options)
+    except ValueError:  # a non-finite float somewhere: only then is the value copied
+        return json.dumps(_finite(value), allow_nan=False, **options)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 class WebhookSink(SinkBase):
@@ -101,7 +126,7 @@ class WebhookSink(SinkBase):
         self._timeout = aiohttp.ClientTimeout(total=config.timeout)
 
     def render(self, delivery: Delivery) -> str:
-        return json.dumps(webhook_payload(delivery), ensure_ascii=False, indent=2)
+        return strict_json(webhook_payload(delivery), ensure_ascii=False, indent=2)
 
     async def send(self, delivery: Delivery) -> str | None:
         body = webhook_body(delivery)
@@ -123,17 +148,28 @@ class WebhookSink(SinkBase):
                 status = response.status
                 text = safe_text(await _read_some(response), 200)
                 retry_after = parse_retry_after(response.headers.get("Retry-After"), self.context.clock())
-                location = response.headers.get("Location", "")
+                location = _resolve(self.config.url, response.headers.get("Location", ""))
         except TimeoutError:
             raise RetryableError(f"{self._where}: no answer within {self.config.timeout:g}s") from None
         except aiohttp.ClientError as exc:
             raise RetryableError(f"{self._where}: {type(exc).__name__}: {safe_text(str(exc))}") from None
         if 300 <= status < 400:
+            target = repr(safe_text(public_url(location), 300)) if location else "nowhere (no Location header)"
             raise PermanentError(
-                f"{self._where} answered {status} redirect to {public_url(location)!r}; "
+                f"{self._where} answered {status} redirect to {target}; "
                 "redirects are not followed, update the url", status=status)
         raise_for_http(status, f"{self._where} answered {status}: {text}", retry_after)
         return f"HTTP {status}"
+
+
+def _resolve(base: str, location: str) -> str:
+    """A redirect target as an absolute URL (a Location may be relative), for `public_url`."""
+    if not location.strip():
+        return ""
+    try:
+        return urljoin(base, location.strip())
+    except ValueError:
+        return location
 
 
 async def _read_some(response: aiohttp.ClientResponse, limit: int = 2048) -> str:
