@@ -295,8 +295,11 @@ class ChatbotPoller:
             return False
         except Exception as exc:  # a bug must not stop the other chatbots or this loop
             status.failures += 1
-            status.last_error = f"internal error: {type(exc).__name__}: {exc}"
-            log.exception("poll failed with an internal error", chatbot=self.chatbot.name)
+            # the exception's text may quote the vendor's record (a lead's name, email): it goes to
+            # /readyz and the status file only by type, and its traceback (no locals) to the log
+            status.last_error = f"internal error (a bug, please report it): {type(exc).__name__}"
+            log.error("poll failed with an internal error", chatbot=self.chatbot.name, error=type(exc).__name__)
+            log.debug("internal error", chatbot=self.chatbot.name, exc_info=True)
             return False
         finally:
             if self.metrics is not None:

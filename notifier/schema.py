@@ -11,6 +11,7 @@ asks one sink at a time, oldest first, and a backlog of 30,000 rows made that qu
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 
 APPLICATION_ID = 0x53424E31  # "SBN1"
@@ -109,5 +110,9 @@ def migrate(db: sqlite3.Connection) -> None:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        # SQLite may have rolled back already (a full disk does): a second error from ROLLBACK
+        # must not hide the one that tells what went wrong
+        with contextlib.suppress(sqlite3.Error):
+            if db.in_transaction:
+                db.execute("ROLLBACK")
         raise

@@ -347,6 +347,8 @@ class Service:
         def interrupt() -> None:
             dispatcher.stopping = True
             work.cancel()
+            with contextlib.suppress(Exception):
+                log.warning("interrupted: deliveries in flight are cancelled and stay pending, not counted as attempts")
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, interrupt)

@@ -124,6 +124,9 @@ async def test_issue_12_encoded_words_add_no_header(http: aiohttp.ClientSession,
 @given(name=TEXT, mail=EMAILS, content=TEXT, chatbot=st.sampled_from(["sales", "=?utf-8?q?a=0D=0ATo:_x@e.vil?="]))
 @example(name=ISSUE_NAME, mail="eve@example.org", content="", chatbot="sales")
 @example(name="Eve", mail=ISSUE_EMAIL, content="", chatbot="sales")
+# two encoded words of our own folding, their space dropped by the decoder: `?= =?` became `?==?`
+@example(name="=?iso-8859-1?b?MDAw?=\r\n?==?utf-8?b??=", mail="", content="",
+         chatbot="=?utf-8?q?a=0D=0ATo:_x@e.vil?=")
 async def test_any_lead_text_keeps_exactly_our_headers_and_recipients(
         http: aiohttp.ClientSession, mailbox: Mailbox, name: str, mail: str, content: str, chatbot: str) -> None:
     mailbox.messages.clear()  # the server is shared by every example of this test

@@ -118,3 +118,15 @@ def test_console_output_has_no_terminal_escapes(delivery: Delivery) -> None:
     for line in (render_text(delivery), render_json(delivery)):
         assert "\n" not in line and "\r" not in line
         assert not re.search(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e]", line)
+
+
+def test_a_time_at_the_edge_of_the_calendar_renders_in_every_zone() -> None:
+    """A lead stored at 9999-12-31 (or year 1) overflowed when shown in a +14 or -12 sink zone."""
+    from notifier.sinks.render import local_time
+
+    for created in (datetime(9999, 12, 31, 23, 0, tzinfo=UTC), datetime(1, 1, 1, 1, 0, tzinfo=UTC)):
+        lead = Lead(key=LeadKey("s", 1, 0), type="Lead", created=created, name="", email="", phone="",
+                    content="", uri="", raw={})
+        delivery = Delivery(id=1, sink="x", chatbot="c", lead=lead, detected_at=created)
+        for zone in ("Pacific/Kiritimati", "Etc/GMT+12", "UTC"):
+            assert local_time(delivery, load_timezone(zone))[:4] in ("9999", "0001")

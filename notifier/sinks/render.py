@@ -61,8 +61,10 @@ def header_text(value: str, limit: int) -> str:
     """For email header values: `one_line`, and no RFC 2047 encoded word left for the email
     package (or a mail reader) to decode. Python 3.11/3.12 decode `=?utf-8?q?=0D=0ABcc...?=` in a
     header value and write the decoded line break, which made it a real `Bcc:` line. A word
-    joiner between `=` and `?` keeps the text readable and makes it no encoded word anywhere."""
-    return one_line(value, limit).replace("=?", "=" + WORD_JOINER + "?")
+    joiner after every `=` keeps the text readable and leaves no `=?` anywhere — also not where a
+    reader drops the space between two encoded words of our own folding (`?= =?` → `?==?`)."""
+    text = one_line(value, limit)
+    return text.replace("=", "=" + WORD_JOINER) if "?" in text and "=" in text else text
 
 
 def plain(value: str, limit: int) -> str:
@@ -122,8 +124,12 @@ def slack_quote(value: str, limit: int) -> str:
 
 
 def local_time(delivery: Delivery, zone: tzinfo) -> str:
-    created: datetime = delivery.lead.created.astimezone(zone)
-    return created.strftime("%Y-%m-%d %H:%M %Z")
+    """The lead's time in the sink's zone; in UTC when the zone would take it past year 1 or 9999."""
+    try:
+        created: datetime = delivery.lead.created.astimezone(zone)
+    except OverflowError:
+        created = delivery.lead.created
+    return f"{created.year:04d}-" + created.strftime("%m-%d %H:%M %Z")  # %Y is not padded for year 1
 
 
 def label(delivery: Delivery) -> str:
