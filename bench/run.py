@@ -98,7 +98,9 @@ async def daemon_scenario(n: int, interval: float, measure: float, out: dict[str
         proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "notifier", "run", "--config", str(config),
                                                     "--log-level", "warning", stderr=asyncio.subprocess.DEVNULL)
         try:
-            polled = lambda: len({r["serial"] for r in sim.requests})  # noqa: E731
+            def polled() -> int:
+                return len({r["serial"] for r in sim.requests})
+
             await wait_for(lambda: polled() >= n, 60 + n / 50)
             await asyncio.sleep(interval)  # every chatbot baselined and on its schedule
             # idle polls: CPU per poll and schedule kept

@@ -13,7 +13,7 @@ from typing import Literal
 
 from .exceptions import ConfigError
 from .sinks import SINK_TYPES, SinkConfig
-from .tomlsource import LineIndex, Table
+from .tomlsource import LineIndex, Table, suggestion
 
 FirstRun = Literal["baseline", "notify"]
 CONFIG_ENV = "SMARTERBOT_NOTIFIER_CONFIG"
@@ -61,10 +61,14 @@ class DeliveryConfig:
     shutdown_grace: float = 10.0
 
 
+SHUTDOWN_GRACE_MAX = 20.0  # seconds: + service.HARD_DEADLINE (5) stays inside systemd's TimeoutStopSec=30s
+
+
 @dataclass(frozen=True)
 class HttpConfig:
     host: str
     port: int
+    line: int | None = field(default=None, compare=False)  # of `listen`, for an error at start
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,8 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
 
 
 def parse_config(text: str, source: str | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """The Config a TOML text describes, or one ConfigError naming every problem in it (a problem
+    in one table or one sink or chatbot never hides those in the others)."""
     env = os.environ if env is None else env
     try:
         data = tomllib.loads(text)
@@ -143,9 +149,10 @@ def parse_config(text: str, source: str | None = None, env: Mapping[str, str] | 
     poll = _poll(root.table("poll"), PollConfig())
     delivery = _delivery(root.table("delivery"))
     http = _http(root.table("http"), env.get(HTTP_ENV))
-    sinks = _sinks(root)
-    chatbots = _chatbots(root, api, poll, sinks)
+    sinks, sink_names = _sinks(root)
+    chatbots = _chatbots(root, api, poll, sinks, sink_names)
     root.finish()
+    root.problems.raise_if_any()
     return Config(api=api, state_path=state_path, poll=poll, chatbots=chatbots, sinks=sinks,
                   delivery=delivery, http=http, ledger_days=ledger_days, source=source, secrets=frozenset(root.secrets))
 
@@ -187,7 +194,8 @@ def _delivery(table: Table) -> DeliveryConfig:
         backoff_initial=initial,
         backoff_max=float(table.number("backoff_max", 600.0, minimum=initial, maximum=86_400)),
         concurrency=table.number("concurrency", 16, minimum=1, maximum=1000, integer=True),
-        shutdown_grace=float(table.number("shutdown_grace", 10.0, minimum=0, maximum=3600)),
+        # at most SHUTDOWN_GRACE_MAX, so grace plus the hard deadline fit the unit's TimeoutStopSec=30s
+        shutdown_grace=float(table.number("shutdown_grace", 10.0, minimum=0, maximum=SHUTDOWN_GRACE_MAX)),
     )
     table.finish()
     return config
@@ -200,36 +208,52 @@ def _http(table: Table, default: str | None) -> HttpConfig | None:
         return None
     match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", listen.strip())
     if not match:
-        raise table.error("listen", f"{listen!r} is not HOST:PORT (e.g. 127.0.0.1:9464 or [::1]:9464)")
+        table.report("listen", f"{listen!r} is not HOST:PORT (e.g. 127.0.0.1:9464 or [::1]:9464)")
+        return None
     host = match.group(1) or match.group(3)
     port = int(match.group(2) or match.group(4))
     if not 0 < port < 65536:
-        raise table.error("listen", f"port {port} is out of range")
-    return HttpConfig(host=host, port=port)
+        table.report("listen", f"port {port} is out of range")
+        return None
+    return HttpConfig(host=host, port=port, line=table.index.line_of((*table.path, "listen")))
 
 
-def _sinks(root: Table) -> dict[str, SinkConfig]:
+def _sinks(root: Table) -> tuple[dict[str, SinkConfig], tuple[str, ...]]:
+    """The sinks that are valid, and the names of every [sinks.NAME] table (valid or not: a
+    chatbot naming a broken sink is not also told the sink does not exist)."""
     sinks_table = root.table("sinks")
-    if not sinks_table.data:
-        raise root.error("sinks", "at least one [sinks.NAME] section is required")
+    if not sinks_table.data and not root.failed("sinks"):
+        root.report("sinks", "at least one [sinks.NAME] section is required")
     sinks: dict[str, SinkConfig] = {}
-    for name in sinks_table.data:
+    for name, value in sinks_table.data.items():
         table = sinks_table.table(name)
+        if not isinstance(value, dict):
+            continue  # reported by table()
         if not _SINK_NAME.match(name):
-            raise table.error(None, "sink names use letters, digits, '_', '-' and '.' (at most 64)")
+            table.report(None, "sink names use letters, digits, '_', '-' and '.' (at most 64)")
         kind = table.text("type", choices=SINK_TYPES)
-        sinks[name] = SINK_TYPES[kind].parse(name, table)
+        if kind not in SINK_TYPES:
+            continue  # reported; without a type the other keys cannot be judged
+        try:
+            sink = SINK_TYPES[kind].parse(name, table)
+        except ConfigError as exc:  # a sink that still raises: its problems join the others
+            table.record(exc)
+            continue
         table.finish()
-    return sinks
+        sinks[name] = sink
+    return sinks, tuple(sinks_table.data)
 
 
-def _chatbots(root: Table, api: ApiConfig, poll: PollConfig,
-              sinks: Mapping[str, SinkConfig]) -> tuple[ChatbotConfig, ...]:
+def _chatbots(root: Table, api: ApiConfig, poll: PollConfig, sinks: Mapping[str, SinkConfig],
+              sink_names: tuple[str, ...]) -> tuple[ChatbotConfig, ...]:
     raw = root.raw("chatbots")
     if raw is None or raw == []:
-        raise root.error("chatbots", "at least one [[chatbots]] entry is required")
+        root.report("chatbots", "at least one [[chatbots]] entry is required")
+        return ()
     if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
-        raise root.error("chatbots", "must be written as [[chatbots]] tables")
+        root.report("chatbots", "must be written as [[chatbots]] tables")
+        return ()
+    api_key_failed = root.failed("api.api_key", "api.api_key_file")
     chatbots: list[ChatbotConfig] = []
     names: set[str] = set()
     serials: set[str] = set()
@@ -237,23 +261,32 @@ def _chatbots(root: Table, api: ApiConfig, poll: PollConfig,
         table = root.child(item, ("chatbots", i))
         serial = table.text("serial_number").strip()
         name = table.text("name", serial).strip()
-        if name in names:
-            raise table.error("name", f"chatbot name {name!r} is used twice")
-        if serial in serials:
-            raise table.error("serial_number", f"serial_number {serial!r} is listed twice")
+        twice = bool(serial) and serial in serials
+        if twice:
+            table.report("serial_number", f"serial_number {serial!r} is listed twice")
+        if name and name in names and (table.has("name") or not twice):  # not news: a name taken from it
+            table.report("name", f"chatbot name {name!r} is used twice")
         names.add(name)
         serials.add(serial)
         own = _poll(table, poll, finish=False)
         api_key = table.secret("api_key") or api.api_key
-        if not api_key:
-            raise table.error("api_key", "no API key: set [api] api_key (or api_key_file) or this chatbot's")
+        if not api_key and not api_key_failed and not table.failed("api_key", "api_key_file"):
+            table.report("api_key", "no API key: set [api] api_key (or api_key_file) or this chatbot's")
         chosen = table.text_list("sinks", tuple(sinks))
-        for sink in chosen:
-            if sink not in sinks:
-                known = ", ".join(sorted(sinks))
-                raise table.error("sinks", f"unknown sink {sink!r} (configured: {known})")
+        unknown = [sink for sink in chosen if sink not in sink_names]
+        if unknown:
+            table.report("sinks", _unknown_sinks(unknown, sink_names))
         table.finish()
         chatbots.append(ChatbotConfig(name=name, serial_number=serial, interval=own.interval,
                                       lookback_days=own.lookback_days, first_run=own.first_run,
-                                      api_key=api_key, sinks=chosen, flood_threshold=own.flood_threshold))
+                                      api_key=api_key or "", sinks=chosen, flood_threshold=own.flood_threshold))
     return tuple(chatbots)
+
+
+def _unknown_sinks(unknown: list[str], known: tuple[str, ...]) -> str:
+    named = []
+    for sink in unknown:
+        close = suggestion(sink, known)
+        named.append(f"{sink!r}" + (f" (did you mean {close!r}?)" if close else ""))
+    return (f"unknown sink{'s' if len(unknown) > 1 else ''} {', '.join(named)} "
+            f"(configured: {', '.join(sorted(known)) or 'none'})")

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import structlog
 from prometheus_client import Counter
@@ -23,7 +24,8 @@ from .types import Clock, Delivery, Sink
 log = structlog.get_logger("notifier.dispatcher")
 
 MAX_RETRY_AFTER = 86_400.0
-IDLE_RECHECK = 5.0  # also picks up rows another process (outbox retry) made due
+IDLE_RECHECK = 5.0  # the longest the dispatcher sleeps with nothing due
+EXTERNAL_CHECK = 0.25  # how often it looks whether another process (outbox retry, replay) changed the outbox
 STATE_RETRY = (0.5, 30.0)  # first and longest wait before writing outcomes again after a failed write
 CLOCK_STEP = 60.0  # the wall clock moved this much against the loop's monotonic clock: a step
 
@@ -31,7 +33,7 @@ CLOCK_STEP = 60.0  # the wall clock moved this much against the loop's monotonic
 class Dispatcher:
     def __init__(self, store: Store, sinks: Mapping[str, Sink], config: DeliveryConfig,
                  clock: Clock, metrics: Metrics | None = None,
-                 state_retry: tuple[float, float] = STATE_RETRY) -> None:
+                 state_retry: tuple[float, float] = STATE_RETRY, external_check: float = EXTERNAL_CHECK) -> None:
         self.metrics = metrics
         self.store = store
         self.sinks = dict(sinks)
@@ -48,6 +50,7 @@ class Dispatcher:
         # until written: a delivery whose outcome is not recorded is never sent again meanwhile.
         self._outcomes: list[Outcome] = []
         self.state_retry = state_retry
+        self.external_check = external_check
         self.problem: str | None = None  # the state refuses writes: nothing new is sent
         self._problem_since = 0.0
         self._write_failures = 0
@@ -186,11 +189,26 @@ class Dispatcher:
                 if self._pace_wait is not None:
                     timeout = min(timeout, self._pace_wait)
                 waking = asyncio.ensure_future(self._wake.wait())
-                await asyncio.wait({stopping, waking}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                waking.cancel()
+                try:
+                    await self._idle(stopping, waking, timeout)
+                finally:
+                    waking.cancel()
         finally:
             stopping.cancel()
             await self.drain(self.config.shutdown_grace)
+
+    async def _idle(self, stopping: asyncio.Future[Any], waking: asyncio.Future[Any], longest: float) -> None:
+        """Wait until woken, stopped or `longest` seconds passed; and every EXTERNAL_CHECK see whether another
+        process (`outbox retry`, `replay`) committed: its work is picked up within that, not at
+        the next idle recheck. Asking costs one PRAGMA, no query."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + longest
+        version = self.store.changed_elsewhere()
+        while True:
+            wait = max(0.0, min(self.external_check, deadline - loop.time()))
+            done, _ = await asyncio.wait({stopping, waking}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            if done or loop.time() >= deadline or self.store.changed_elsewhere() != version:
+                return
 
     def _idle_wait(self) -> float:
         """Seconds until there may be something to do without being woken."""

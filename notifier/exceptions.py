@@ -3,21 +3,22 @@ can print one clear line instead of a traceback."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+
 
 class NotifierError(Exception):
     """Base of every error the CLI reports as a message rather than a traceback."""
 
 
-class ConfigError(NotifierError):
-    """A configuration problem, named by its dotted key and, where known, its line."""
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong in a config: what, at which dotted key, on which line of which file."""
 
-    def __init__(self, message: str, key: str | None = None, line: int | None = None,
-                 path: str | None = None) -> None:
-        self.message = message
-        self.key = key
-        self.line = line
-        self.path = path
-        super().__init__(str(self))
+    message: str
+    key: str | None = None
+    line: int | None = None
+    path: str | None = None
 
     def __str__(self) -> str:
         where = []
@@ -29,6 +30,28 @@ class ConfigError(NotifierError):
             where.append(self.key)
         prefix = ": ".join(where)
         return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class ConfigError(NotifierError):
+    """A configuration problem, named by its dotted key and, where known, its line. Loading a
+    config reports every problem it finds in one ConfigError: `problems` holds them all, sorted
+    by line (those without a line last), `str()` gives one line per problem, and `message`,
+    `key`, `line` and `path` describe the first."""
+
+    def __init__(self, message: str = "", key: str | None = None, line: int | None = None,
+                 path: str | None = None, *, problems: Iterable[ConfigProblem] = ()) -> None:
+        found = sorted(problems, key=lambda p: (p.line is None, p.line or 0))
+        self.problems: list[ConfigProblem] = found or [ConfigProblem(message, key, line, path)]
+        first = self.problems[0]
+        self.message = first.message
+        self.key = first.key
+        self.line = first.line
+        self.path = first.path
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        # one line per problem, whatever a value or a path in a message holds
+        return "\n".join(str(problem).replace("\r", "\\r").replace("\n", "\\n") for problem in self.problems)
 
 
 class ApiError(NotifierError):

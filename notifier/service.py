@@ -25,7 +25,7 @@ from .api import LeadListClient, make_throttler
 from .clockcheck import ClockCheck
 from .config import Config
 from .dispatcher import Dispatcher
-from .exceptions import NotifierError
+from .exceptions import ConfigError, NotifierError
 from .health import health_app, start_health
 from .logs import scrub
 from .metrics import Metrics
@@ -202,15 +202,22 @@ class Service:
         if install_signals:
             for sig, handler in signals.items():
                 loop.add_signal_handler(sig, handler)
+        started = False
         try:
             await self.open()
             assert self.dispatcher is not None
             if self.config.http is not None:
+                http = self.config.http
                 app = health_app(lambda: self.pollers, self.metrics, self.clock, self.problems)
-                self._health = await start_health(app, self.config.http.host, self.config.http.port)
+                try:
+                    self._health = await start_health(app, http.host, http.port)
+                except OSError as exc:  # the address is taken, or not this machine's
+                    raise ConfigError(f"cannot listen on {http.host}:{http.port}: {exc.strerror or exc}",
+                                      key="http.listen", line=http.line, path=self.config.source) from None
             log.info("started", chatbots=len(self.pollers), sinks=sorted(self.config.sinks),
                      state=str(self.config.state_path),
                      http=f"{self.config.http.host}:{self.config.http.port}" if self.config.http else None)
+            started = True
             if (warning := self.config.rate_warning()) is not None:
                 log.warning("the polls cannot keep their intervals", problem=warning)
             self.notifier.send(ready="1", status=self.status_line(), mainpid=str(os.getpid()))
@@ -222,8 +229,6 @@ class Service:
                                                                              self.beat_interval))
             await self._stop.wait()
             await self._shut_down()
-        except OSError as exc:  # e.g. the [http] listen address is taken
-            raise NotifierError(f"cannot start: {exc.strerror or exc}") from None
         finally:
             if install_signals:
                 for sig in signals:
@@ -231,8 +236,9 @@ class Service:
             with contextlib.suppress(Exception):
                 self._write_status()
             await self.close()
-            with contextlib.suppress(Exception):
-                log.info("stopped")
+            if started:  # a start that failed is one error, reported by the caller, not a "stopped"
+                with contextlib.suppress(Exception):
+                    log.info("stopped")
         if self.supervisor.fatal is not None:
             raise NotifierError(self.supervisor.fatal)
 

@@ -1,17 +1,20 @@
 """Typed, strict reading of a TOML document. Every read records its key, so whatever is left
 unread at the end is a typo and becomes an error; every error names its dotted key and, where
-the text shows it, the line."""
+the text shows it, the line. Reading goes on after a problem, so one load reports them all."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import stat
+import tomllib
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
-from .exceptions import ConfigError
+from .exceptions import ConfigError, ConfigProblem
+from .text import escape_controls
 
 KeyPath = tuple[str | int, ...]
 T = TypeVar("T")
@@ -26,7 +29,17 @@ _ENV = re.compile(r"\$(\$)?\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def _parts(dotted: str) -> tuple[str, ...]:
-    return tuple(p.strip("\"'") for p in _PART.findall(dotted))
+    return tuple(_unquote(p) for p in _PART.findall(dotted))
+
+
+def _unquote(part: str) -> str:
+    """A key as TOML reads it: a basic string's escapes (\\u001b) decoded."""
+    if part.startswith('"') and "\\" in part:
+        try:
+            return str(tomllib.loads(f"k = {part}")["k"])
+        except tomllib.TOMLDecodeError:
+            pass
+    return part.strip("\"'")
 
 
 def dotted(path: KeyPath) -> str:
@@ -41,10 +54,13 @@ def dotted(path: KeyPath) -> str:
 
 class LineIndex:
     """Maps key paths to the line that defines them, by a light scan of the text. It only
-    annotates errors, so a miss (a key inside a multi-line value) just yields no line."""
+    annotates errors, so a miss (a key inside a multi-line value) just yields no line. A header
+    also gives its line to every prefix it implies (`[sink.x]` to `sink`) where no earlier line
+    defines that prefix."""
 
     def __init__(self, text: str) -> None:
         self._lines: dict[KeyPath, int] = {}
+        self.headers: set[KeyPath] = set()  # tables written as [header] or [[header]]
         arrays: dict[tuple[str, ...], int] = {}
         prefix: KeyPath = ()
         for number, line in enumerate(text.splitlines(), start=1):
@@ -56,7 +72,9 @@ class LineIndex:
                     prefix = (*parts, arrays[parts])
                 else:
                     prefix = parts
-                self._lines.setdefault(prefix, number)
+                for end in range(1, len(prefix) + 1):
+                    self._lines.setdefault(prefix[:end], number)
+                    self.headers.add(prefix[:end])
                 continue
             keyline = _KEYLINE.match(line)
             if keyline:
@@ -70,25 +88,76 @@ class LineIndex:
         return None
 
 
+class Problems:
+    """Every problem found while reading one document, shared by all its tables. A key gets one
+    problem, its first: what follows from it (an empty value that is then no URL) is not news."""
+
+    def __init__(self) -> None:
+        self.items: list[ConfigProblem] = []
+        self._seen: set[tuple[str | None, str | None]] = set()
+
+    def add(self, problem: ConfigProblem) -> None:
+        mark = (problem.key, None if problem.key else problem.message)
+        if mark not in self._seen:
+            self._seen.add(mark)
+            self.items.append(problem)
+
+    def has(self, key: str | None) -> bool:
+        return (key, None) in self._seen
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ConfigError(problems=self.items)
+
+
+def suggestion(word: str, known: Iterable[str]) -> str | None:
+    """The known word closest to a misspelt one, if one is close enough."""
+    close = difflib.get_close_matches(word, sorted(known), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 class Table:
-    """One TOML table being read. Call `finish()` once every known key was read."""
+    """One TOML table being read. Every read records its key; `finish()` reports what was never
+    read. A bad value is reported (`report`) and the read returns the default (or an empty value
+    when there is none), so reading goes on and one load finds every problem; the caller raises
+    them together at the end (`Problems.raise_if_any`)."""
 
     def __init__(self, data: Mapping[str, Any], path: KeyPath, index: LineIndex,
                  file: str | None, env: Mapping[str, str] | None = None,
-                 secrets: list[str] | None = None) -> None:
+                 secrets: list[str] | None = None, problems: Problems | None = None) -> None:
         self.data = data
         self.path = path
         self.index = index
         self.file = file
         self.env = os.environ if env is None else env
         self._read: set[str] = set()
+        self._shape: dict[str, bool] = {}  # key -> read as a table (True) or as a scalar or list (False)
         self.secrets: list[str] = [] if secrets is None else secrets  # shared with children
+        self.problems = Problems() if problems is None else problems  # shared with children
 
     # -- errors -------------------------------------------------------------------------
-    def error(self, key: str | int | None, message: str) -> ConfigError:
+    def _problem(self, key: str | int | None, message: str) -> ConfigProblem:
+        """Key and message as visible text: a quoted TOML key or a path may hold any character."""
         path = self.path if key is None else (*self.path, key)
-        return ConfigError(message, key=dotted(path) or None, line=self.index.line_of(path),
-                           path=self.file)
+        return ConfigProblem(escape_controls(message), key=escape_controls(dotted(path)) or None,
+                             line=self.index.line_of(path), path=self.file)
+
+    def error(self, key: str | int | None, message: str) -> ConfigError:
+        """A ConfigError for one problem, not recorded: for code that must stop here."""
+        return ConfigError(problems=[self._problem(key, message)])
+
+    def report(self, key: str | int | None, message: str) -> None:
+        """Record a problem and go on reading."""
+        self.problems.add(self._problem(key, message))
+
+    def record(self, error: ConfigError) -> None:
+        """Record the problems of a ConfigError something raised (a sink's own check)."""
+        for problem in error.problems:
+            self.problems.add(problem)
+
+    def failed(self, *keys: str) -> bool:
+        """Whether a problem was already reported for one of these keys of this table."""
+        return any(self.problems.has(dotted((*self.path, key))) for key in keys)
 
     def has(self, key: str) -> bool:
         return key in self.data
@@ -98,7 +167,7 @@ class Table:
         if key in self.data:
             return self.data[key]
         if default is _MISSING:
-            raise self.error(key, "is required")
+            self.report(key, "is required")
         return default
 
     def raw(self, key: str) -> Any:
@@ -106,133 +175,199 @@ class Table:
         return self._get(key, None)
 
     def _expand(self, key: str | int, value: str) -> str:
+        """${VAR} from the environment. A missing variable is reported and its reference kept,
+        so the value stays non-empty and nothing else is blamed for it."""
         def replace(match: re.Match[str]) -> str:
             if match.group(1):  # $${VAR} is a literal ${VAR}
                 return "${" + match.group(2) + "}"
             name = match.group(2)
             if name not in self.env:
-                raise self.error(key, f"environment variable {name} is not set")
+                self.report(key, f"environment variable {name} is not set")
+                return match.group(0)
             return self.env[name]
         return _ENV.sub(replace, value)
+
+    def _not_one_of(self, key: str, value: str, options: list[str], what: str) -> None:
+        close = suggestion(value, options)
+        hint = f" (did you mean {close!r}?)" if close else ""
+        told = "" if what else f", not {value!r}"  # an item names itself
+        self.report(key, f"{what}must be one of {', '.join(map(repr, options))}{told}{hint}")
 
     # -- scalars ------------------------------------------------------------------------
     def text(self, key: str, default: Any = _MISSING, *, choices: Iterable[str] | None = None,
             allow_empty: bool = False) -> Any:
+        """A string; when absent the default. On a problem: reported, and the default returned
+        (an empty string for a required key)."""
+        self._shape[key] = False
+        fallback = "" if default is _MISSING else default
         value = self._get(key, default)
-        if value is default and key not in self.data:
-            return value
+        if key not in self.data:
+            return fallback
         if not isinstance(value, str):
-            raise self.error(key, f"must be a string, not {_kind(value)}")
+            self.report(key, f"must be a string, not {_kind(value)}")
+            return fallback
         value = self._expand(key, value)
         if not allow_empty and not value.strip():
-            raise self.error(key, "must not be empty")
+            self.report(key, "must not be empty")
+            return fallback
         if choices is not None:
             options = list(choices)
             if value not in options:
-                raise self.error(key, f"must be one of {', '.join(map(repr, options))}, not {value!r}")
+                self._not_one_of(key, value, options, "")
+                return fallback
         return value
 
     def number(self, key: str, default: float | None, *, minimum: float | None = None,
                maximum: float | None = None, integer: bool = False) -> Any:
+        """A number in [minimum, maximum]; on a problem: reported, and the default returned."""
+        self._shape[key] = False
         value = self._get(key, default)
         if key not in self.data:
             return value
+        problem = None
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.error(key, f"must be a number, not {_kind(value)}")
-        if integer and not isinstance(value, int):
-            raise self.error(key, "must be a whole number")
-        if value != value or value in (float("inf"), float("-inf")):
-            raise self.error(key, "must be a finite number")
-        if minimum is not None and value < minimum:
-            raise self.error(key, f"must be at least {minimum}, not {value}")
-        if maximum is not None and value > maximum:
-            raise self.error(key, f"must be at most {maximum}, not {value}")
+            problem = f"must be a number, not {_kind(value)}"
+        elif integer and not isinstance(value, int):
+            problem = "must be a whole number"
+        elif value != value or value in (float("inf"), float("-inf")):
+            problem = "must be a finite number"
+        elif minimum is not None and value < minimum:
+            problem = f"must be at least {minimum}, not {value}"
+        elif maximum is not None and value > maximum:
+            problem = f"must be at most {maximum}, not {value}"
+        if problem is not None:
+            self.report(key, problem)
+            return default
         return value
 
     def flag(self, key: str, default: bool) -> bool:
+        self._shape[key] = False
         value = self._get(key, default)
         if not isinstance(value, bool):
-            raise self.error(key, f"must be true or false, not {_kind(value)}")
+            self.report(key, f"must be true or false, not {_kind(value)}")
+            return default
         return value
 
     def text_list(self, key: str, default: Any = _MISSING, *, choices: Iterable[str] | None = None,
                  allow_empty: bool = False) -> Any:
+        """A list of distinct strings; on a problem: reported, and the default returned (an empty
+        tuple for a required key)."""
+        self._shape[key] = False
+        fallback = () if default is _MISSING else default
         value = self._get(key, default)
-        if value is default and key not in self.data:
-            return value
+        if key not in self.data:
+            return fallback
         if not isinstance(value, list):
-            raise self.error(key, f"must be a list of strings, not {_kind(value)}")
+            self.report(key, f"must be a list of strings, not {_kind(value)}")
+            return fallback
         options = list(choices) if choices is not None else None
         out: list[str] = []
         for i, item in enumerate(value):
             if not isinstance(item, str):
-                raise self.error(key, f"item {i + 1} must be a string, not {_kind(item)}")
+                self.report(key, f"item {i + 1} must be a string, not {_kind(item)}")
+                return fallback
             item = self._expand(key, item)
             if options is not None and item not in options:
-                raise self.error(key, f"item {item!r} must be one of {', '.join(map(repr, options))}")
+                self._not_one_of(key, item, options, f"item {item!r} ")
+                return fallback
             if item in out:
-                raise self.error(key, f"lists {item!r} twice")
+                self.report(key, f"lists {item!r} twice")
+                return fallback
             out.append(item)
         if not out and not allow_empty:
-            raise self.error(key, "must not be empty")
+            self.report(key, "must not be empty")
+            return fallback
         return tuple(out)
 
     def text_map(self, key: str) -> dict[str, str]:
         value = self._get(key, {})
         if not isinstance(value, dict):
-            raise self.error(key, f"must be a table of strings, not {_kind(value)}")
+            self.report(key, f"must be a table of strings, not {_kind(value)}")
+            return {}
         out = {}
         for name, item in value.items():
             if not isinstance(item, str):
-                raise self.error(key, f"{name!r} must be a string, not {_kind(item)}")
+                self.report(key, f"{name!r} must be a string, not {_kind(item)}")
+                return {}
             out[name] = self._expand(key, item)
         return out
 
     def secret(self, key: str, *, required: bool = False) -> str | None:
         """`key` inline (usually `${VAR}`) or `key_file` pointing at a file (Docker secrets,
-        systemd credentials); never both. The value is remembered so logs can scrub it."""
+        systemd credentials); never both. The value is remembered so logs can scrub it. On a
+        problem: reported, and None returned (`failed(key, key_file)` tells it from absent)."""
         file_key = f"{key}_file"
         inline = self.text(key, None)
         path = self.text(file_key, None)
+        if self.failed(key, file_key):
+            return None
         if inline is not None and path is not None:
-            raise self.error(key, f"set either {key} or {file_key}, not both")
+            self.report(key, f"set either {key} or {file_key}, not both")
+            return None
         if path is not None:
             try:
                 inline = read_secret_file(path).strip()
             except SecretFileError as exc:
-                raise self.error(file_key, str(exc)) from None
+                self.report(file_key, str(exc))
+                return None
             if not inline:
-                raise self.error(file_key, f"{path} is empty")
+                self.report(file_key, f"{path} is empty")
+                return None
         if inline is None and required:
-            raise self.error(key, f"is required (or {file_key})")
+            self.report(key, f"is required (or {file_key})")
+            return None
         if inline:
             self.secrets.append(inline)
         return str(inline) if inline is not None else None
 
-    def check_http_url(self, key: str, url: str) -> None:
-        """Webhook, Slack and API URLs: http or https with a host, nothing else."""
+    def check_http_url(self, key: str, url: str) -> bool:
+        """Webhook, Slack and API URLs: http or https with a host, nothing else. A problem is
+        reported; the answer says whether the URL is good."""
         try:
             parts = urlsplit(url)
             parts.port  # noqa: B018 - raises ValueError on a bad port
         except ValueError as exc:
-            raise self.error(key, f"is not a valid URL: {exc}") from None
+            self.report(key, f"is not a valid URL: {exc}")
+            return False
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise self.error(key, "must be an http:// or https:// URL with a host")
+            self.report(key, "must be an http:// or https:// URL with a host")
+            return False
+        return True
 
     # -- nesting ------------------------------------------------------------------------
     def table(self, key: str, *, required: bool = False) -> Table:
+        """A nested table; when absent (or not a table, which is reported) an empty one."""
+        self._shape[key] = True
         value = self._get(key, _MISSING if required else {})
         if not isinstance(value, dict):
-            raise self.error(key, f"must be a table, not {_kind(value)}")
+            if key in self.data:
+                self.report(key, f"must be a table, not {_kind(value)}")
+            value = {}
         return self.child(value, (*self.path, key))
 
     def child(self, data: Mapping[str, Any], path: KeyPath) -> Table:
-        return Table(data, path, self.index, self.file, self.env, self.secrets)
+        return Table(data, path, self.index, self.file, self.env, self.secrets, self.problems)
 
     def finish(self) -> None:
-        unknown = [k for k in self.data if k not in self._read]
-        if unknown:
-            raise self.error(unknown[0], "is not a known option (check its spelling and section)")
+        """Report every key that was never read: a typo, named with the known key it is closest
+        to (a table as its header: `[sink.x]` -> did you mean [sinks.x]?)."""
+        for key in self.data:
+            if key in self._read:
+                continue
+            value = self.data[key]
+            is_table = isinstance(value, dict)  # `api_key` outside [api] is not a misspelt `api`
+            close = suggestion(key, (k for k in self._read if self._shape.get(k, is_table) == is_table))
+            if close is None:
+                hint = "check its spelling and section"
+            elif (*self.path, key, 0) in self.index.headers:
+                hint = f"did you mean [[{dotted((*self.path, close))}]]?"
+            elif (*self.path, key) in self.index.headers and isinstance(value, dict) and value:
+                child = next(iter(value))
+                nested = all(isinstance(v, dict) for v in value.values())  # [sink.x]: x is the table
+                hint = f"did you mean [{dotted((*self.path, close, *([child] if nested else [])))}]?"
+            else:
+                hint = f"did you mean {close!r}?"
+            self.report(key, f"is not a known option ({hint})")
 
 
 SECRET_FILE_MAX = 64 * 1024

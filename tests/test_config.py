@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -195,9 +196,24 @@ def test_any_document_gives_config_or_config_error(document: dict[str, object]) 
     except tomllib.TOMLDecodeError:
         return
     try:
-        parse_config(text, env={})
+        config = parse_config(text, env={})
     except ConfigError as exc:
         assert str(exc)
+        # every problem (issue 13: all of them, in one error) names its key, and its line when
+        # the document shows the key; one line each, sorted by line
+        assert len(str(exc).split("\n")) == len(exc.problems)
+        assert (exc.key, exc.line) == (exc.problems[0].key, exc.problems[0].line)
+        lines = [p.line for p in exc.problems if p.line is not None]
+        assert lines == sorted(lines)
+        for problem in exc.problems:
+            assert problem.key, str(exc)
+            if problem.key.split(".")[0].split("[")[0] in document:
+                assert problem.line is not None, str(exc)
+        return
+    from notifier.checkreport import report
+
+    assert json.loads(report(config, as_json=True))["ok"] is True
+    assert report(config, as_json=False).startswith("config OK")
 
 
 def _to_toml(document: dict[str, object]) -> str:

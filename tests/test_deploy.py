@@ -21,6 +21,7 @@ hadolint = shutil.which("hadolint") or (str(Path(sys.executable).parent / "hadol
 @pytest.mark.skipif(analyze is None, reason="systemd-analyze is not installed")
 @pytest.mark.parametrize("unit", UNITS)
 def test_units_verify(unit: str) -> None:
+    assert analyze is not None
     result = subprocess.run([analyze, "verify", unit], cwd=ROOT / "systemd", capture_output=True, text=True,
                             timeout=60, check=False)
     problems = [line for line in (result.stdout + result.stderr).splitlines()
@@ -31,6 +32,7 @@ def test_units_verify(unit: str) -> None:
 @pytest.mark.skipif(analyze is None, reason="systemd-analyze is not installed")
 @pytest.mark.parametrize("unit", UNITS[:2])
 def test_units_are_hardened(unit: str) -> None:
+    assert analyze is not None
     result = subprocess.run([analyze, "security", "--offline=yes", f"./{unit}"], cwd=ROOT / "systemd",
                             capture_output=True, text=True, timeout=60, check=False)
     match = re.search(r"Overall exposure level for .*: (\d+\.\d+)", result.stdout + result.stderr)
@@ -64,3 +66,15 @@ def test_dockerfile_contract() -> None:
     assert re.search(r"^USER \d+", text, re.M)  # not root
     assert 'VOLUME ["/data"]' in text and "HEALTHCHECK" in text and "/healthz" in text
     assert '"--log-format", "json"' in text
+
+
+def test_the_longest_shutdown_fits_the_units_stop_timeout() -> None:
+    """Issue 13.5: shutdown_grace could exceed what the shipped unit's TimeoutStopSec allows, and
+    systemd would SIGKILL a daemon still draining."""
+    from notifier.config import SHUTDOWN_GRACE_MAX
+    from notifier.service import HARD_DEADLINE
+
+    unit = (ROOT / "systemd" / "smarterbot-notifier.service").read_text()
+    match = re.search(r"^TimeoutStopSec=(\d+)s$", unit, re.MULTILINE)
+    assert match is not None
+    assert int(match.group(1)) >= SHUTDOWN_GRACE_MAX + HARD_DEADLINE + 2

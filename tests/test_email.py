@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import aiohttp
@@ -18,7 +19,7 @@ from .conftest import Mailbox
 FIELDS = ("Name", "Email", "PhoneNumber", "Content", "URI")
 
 
-def delivery(record: dict[str, object], chatbot: str = "sales") -> Delivery:
+def delivery(record: Mapping[str, object], chatbot: str = "sales") -> Delivery:
     base = {"Type": "Lead", "SessionID": 7, "CreateTime": "2025-06-01T12:00:00Z"}
     lead = parse_records("serial", [{**base, **record}]).leads[0]
     return Delivery(id=1, sink="mail", chatbot=chatbot, lead=lead, detected_at=datetime.now(UTC))

@@ -24,7 +24,7 @@ from .conftest import SERIAL_A, SERIAL_B, Receiver, baselined, serve, until, wri
 FAULTS = {
     "http-500": {"status": 500, "body": b"Internal Server Error"},
     "html-502": {"status": 502, "body": b"<html><head><title>502 Bad Gateway</title></head></html>"},
-    "hang": {"delay": 3.0},
+    "hang": {"delay": 0.8},  # past the 0.5 s timeout this test sets
     "cut-json": {"truncate": True},
     "success-false-401": {"envelope": {"Success": False, "Code": 401, "Message": "Invalid secret key"}},
     "success-false-500": {"envelope": {"Success": False, "Code": 500, "Message": "DB timeout"}},

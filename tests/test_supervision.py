@@ -157,3 +157,31 @@ async def test_ctrl_c_during_once_is_not_an_attempt(
     with sqlite3.connect(tmp_path / "state.db") as db:
         assert db.execute("SELECT state, attempts FROM outbox").fetchall() == [("pending", 0)]
         assert db.execute("SELECT count(*) FROM attempts").fetchone()[0] == 0
+
+
+async def test_a_failed_start_is_one_error_naming_the_key_and_no_stopped_event(
+        simulator: tuple[Simulator, str], receiver: Receiver, tmp_path: Path) -> None:
+    """Issue 13.11: a failed start logged an info-level `stopped` event, and the fatal error did not
+    name the config key."""
+    import io
+    import socket
+
+    import pytest
+
+    from notifier import logs
+    from notifier.exceptions import ConfigError
+
+    _, url = simulator
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = load_config(write_config(tmp_path, url, receiver.url, extra=f'[http]\nlisten = "127.0.0.1:{port}"\n'))
+        buffer = io.StringIO()
+        logs.configure("info", "json", stream=buffer)
+        try:
+            with pytest.raises(ConfigError, match=r"config\.toml:\d+: http\.listen: cannot listen on 127\.0\.0\.1:\d+"):
+                await Service(config).run(install_signals=False)
+        finally:
+            logs.configure("info", "json", stream=io.StringIO())
+    assert '"stopped"' not in buffer.getvalue() and '"started"' not in buffer.getvalue()

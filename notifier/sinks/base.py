@@ -43,8 +43,8 @@ class SinkConfig:
         """The keys every sink takes; each sink's `from_table` adds its own."""
         choices = ("digest", "deliver", "hold") if cls.human else ("deliver", "hold")
         if not cls.human and table.raw("on_flood") == "digest":
-            raise table.error("on_flood", f"a {table.raw('type')} sink has no summary message: "
-                                          "use \"deliver\" or \"hold\"")
+            table.report("on_flood", f"a {table.raw('type')} sink has no summary message: "
+                                     "use \"deliver\" or \"hold\"")
         on_flood = table.text("on_flood", "digest" if cls.human else "deliver", choices=choices)
         return {
             "name": name,

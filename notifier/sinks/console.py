@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from ..exceptions import RetryableError
 from ..text import safe_text
 from ..types import Delivery
 from .base import SinkBase, SinkConfig, SinkContext
@@ -53,13 +54,20 @@ class ConsoleSink(SinkBase):
         return render_json(delivery) if self.config.format == "json" else render_text(delivery)
 
     async def send(self, delivery: Delivery) -> str | None:
-        self.stream.write(self.render(delivery) + "\n")
-        self.stream.flush()
+        self._write(self.render(delivery) + "\n")
         return None
 
     async def send_digest(self, deliveries: Sequence[Delivery]) -> str | None:
         """A summary line, then one line per lead: a terminal has room, but says it was a burst."""
         lines = [f"# {len(deliveries)} new leads in one poll"] + [self.render(d) for d in deliveries]
-        self.stream.write("\n".join(lines) + "\n")
-        self.stream.flush()
+        self._write("\n".join(lines) + "\n")
         return None
+
+    def _write(self, text: str) -> None:
+        """A closed stdout (`run | head`, a reader gone) is the receiver failing, not a bug: retryable."""
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise RetryableError(f"standard output cannot be written: {safe_text(reason, 100)}") from None

@@ -53,24 +53,25 @@ class EmailConfig(SinkConfig):
         security = table.text("security", "starttls", choices=("starttls", "tls", "none"))
         username = table.text("username", None)
         password = table.secret("password")
-        if (username is None) != (password is None):
-            raise table.error("password" if username else "username",
-                              "username and password (or password_file) go together")
+        if (username is None) != (password is None) and not table.failed("username", "password", "password_file"):
+            table.report("password" if username else "username",
+                         "username and password (or password_file) go together")
         sender = table.text("from")
-        if not valid_email(parseaddr(sender)[1]) or any(c in sender for c in "\r\n"):
-            raise table.error("from", f"{sender!r} is not an email address")
+        if sender and (not valid_email(parseaddr(sender)[1]) or any(c in sender for c in "\r\n")):
+            table.report("from", f"{sender!r} is not an email address")
         to = table.text_list("to")
         for address in to:
             if not valid_email(address):
-                raise table.error("to", f"{address!r} is not an email address")
+                table.report("to", f"{address!r} is not an email address")
+                break
         zone = table.text("timezone", "UTC")
         try:
             load_timezone(zone)
         except ValueError as exc:
-            raise table.error("timezone", str(exc)) from None
+            table.report("timezone", str(exc))
         ca_file = table.text("ca_file", None)
         if ca_file is not None and not Path(ca_file).is_file():
-            raise table.error("ca_file", f"{ca_file} is not a readable file")
+            table.report("ca_file", f"{ca_file} is not a readable file")
         return cls(**cls.common(name, table), host=table.text("host"),
                    port=table.number("port", DEFAULT_PORTS[security], minimum=1, maximum=65535, integer=True),
                    security=security, username=username, password=password, sender=sender, to=to,

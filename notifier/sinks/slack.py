@@ -56,21 +56,23 @@ class SlackConfig(SinkConfig):
         token = table.secret("token")
         channel = table.text("channel", None)
         base_url = table.text("base_url", SLACK_API)
-        if (webhook_url is None) == (token is None):
-            raise table.error("webhook_url", "set either webhook_url (incoming webhook) or token + channel")
-        if webhook_url is not None:
+        if table.failed("webhook_url", "webhook_url_file", "token", "token_file"):
+            pass  # reported: which of the two it is cannot be judged
+        elif (webhook_url is None) == (token is None):
+            table.report("webhook_url", "set either webhook_url (incoming webhook) or token + channel")
+        elif webhook_url is not None:
             table.check_http_url("webhook_url", webhook_url)
             for key, value in (("channel", channel), ("base_url", table.raw("base_url"))):
                 if value is not None:
-                    raise table.error(key, "only applies with token (an incoming webhook posts to its own channel)")
-        if token is not None and not channel:
-            raise table.error("channel", "is required with token (a channel ID such as C0123456789, or #name)")
+                    table.report(key, "only applies with token (an incoming webhook posts to its own channel)")
+        elif not channel:
+            table.report("channel", "is required with token (a channel ID such as C0123456789, or #name)")
         table.check_http_url("base_url", base_url)
         zone = table.text("timezone", "UTC")
         try:
             load_timezone(zone)
         except ValueError as exc:
-            raise table.error("timezone", str(exc)) from None
+            table.report("timezone", str(exc))
         return cls(**cls.common(name, table), webhook_url=webhook_url, token=token, channel=channel,
                    base_url=base_url.rstrip("/") + "/", timezone=zone,
                    timeout=table.number("timeout", 10.0, minimum=0.1, maximum=300),

@@ -38,19 +38,20 @@ class WebhookConfig(SinkConfig):
     @classmethod
     def from_table(cls, name: str, table: Table) -> WebhookConfig:
         url = table.text("url")
-        table.check_http_url("url", url)
+        if url:
+            table.check_http_url("url", url)
         secret = table.secret("secret")
         if secret is not None:
             try:
                 signing_key(secret)
             except ValueError as exc:
-                raise table.error("secret", str(exc)) from None
+                table.report("secret", str(exc))
         headers = table.text_map("headers")
         for header, value in headers.items():
             if header.lower() in _RESERVED_HEADERS:
-                raise table.error("headers", f"{header!r} is set by the notifier and cannot be overridden")
-            if any(c in header + value for c in "\r\n\0"):
-                raise table.error("headers", f"{header!r} contains a line break")
+                table.report("headers", f"{header!r} is set by the notifier and cannot be overridden")
+            elif any(c in header + value for c in "\r\n\0"):
+                table.report("headers", f"{header!r} contains a line break")
             table.secrets.append(value)  # custom headers usually carry tokens
         timeout = table.number("timeout", 10.0, minimum=0.1, maximum=300)
         return cls(**cls.common(name, table), url=url, secret=secret, headers=headers, timeout=timeout)
