@@ -5,7 +5,6 @@ WAL lets them run while it works, and the daemon picks up retried rows within se
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, time, timedelta
@@ -13,7 +12,7 @@ from typing import IO, Any
 
 from . import history
 from .config import Config
-from .exceptions import ConfigError
+from .exceptions import NotifierError, StateError, UsageError
 from .health import verdict
 from .history import OutboxRow
 from .leads import from_micros
@@ -23,7 +22,23 @@ from .text import safe_json, safe_text, scrubbed
 
 
 def open_store(config: Config) -> Store:
-    return Store(config.state_path, lock=False, create=False)
+    path = config.state_path
+    if not path.exists():
+        problem = history.state_location_problem(path)
+        raise StateError(f"state file {path}: {problem}" if problem else
+                         f"state file {path} does not exist yet (`run` or `once` creates it)")
+    return Store(path, lock=False, create=False)
+
+
+def _moment(value: Any) -> datetime | None:
+    """A time from the live status file (ISO 8601), or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def status(config: Config, now: datetime) -> dict[str, Any]:
@@ -35,30 +50,35 @@ def status(config: Config, now: datetime) -> dict[str, Any]:
         known = store.chatbots()
     finally:
         store.close()
-    live: dict[str, Any] = {}
+    live: Any = {}
     with contextlib.suppress(OSError, ValueError):
         live = json.loads(status_path(config.state_path).read_text())
+    if not isinstance(live, dict):
+        live = {}
     pid = lock_holder(config.state_path)
     chatbots = []
     for chatbot in config.chatbots:
         info = live.get("chatbots", {}).get(chatbot.name, {})
+        last_poll, success = _moment(info.get("last_poll")), _moment(info.get("last_success"))
         if info:  # the last run's own view, judged as /readyz judges it
-            success = info.get("last_success")
             problem = verdict(failures=int(info.get("failures") or 0), last_error=info.get("last_error"),
-                              last_success=datetime.fromisoformat(success) if success else None,
-                              degraded=info.get("degraded"), interval=chatbot.interval, now=now)
+                              last_success=success, degraded=info.get("degraded"), interval=chatbot.interval,
+                              now=now)
             result = "ok" if problem is None else problem
         else:  # no live status: the state file still says whether it was ever polled
             result = "baselined" if chatbot.serial_number in known else "never polled"
         chatbots.append({"name": chatbot.name, "serial_number": chatbot.serial_number,
-                         "last_poll": info.get("last_poll"), "last_success": info.get("last_success"),
+                         "last_poll": last_poll and history.iso(last_poll),
+                         "last_success": success and history.iso(success),
                          "result": result, "new_today": today.get(chatbot.serial_number, 0)})
     sinks: list[dict[str, Any]] = []
     for name in [*config.sinks, *sorted(set(counts) - set(config.sinks))]:
         count = counts.get(name, SinkCounts())
         sinks.append({"name": name, "pending": count.pending, "held": count.held, "dead": count.dead}
                      | ({} if name in config.sinks else {"note": "not in the config"}))
-    return {"daemon": {"running": pid is not None, "pid": pid, "status_written": live.get("written"),
+    written = _moment(live.get("written"))
+    return {"now": history.iso(now),
+            "daemon": {"running": pid is not None, "pid": pid, "status_written": written and history.iso(written),
                        "problems": live.get("problems", []) if pid is not None else []},
             "chatbots": chatbots, "sinks": sinks}
 
@@ -67,16 +87,24 @@ def print_status_json(data: dict[str, Any], out: IO[str]) -> None:
     print(safe_json(data, indent=2), file=scrubbed(out))
 
 
+def _when_and_age(value: str | None, now: datetime) -> str:
+    """`2026-11-24T20:10:50Z (12s ago)`, or `-`."""
+    moment = _moment(value)
+    return "-" if moment is None else f"{history.iso(moment)} ({history.age(moment, now)})"
+
+
 def print_status(data: dict[str, Any], out: IO[str]) -> None:
     """The status table. Names come from the config and the state file, results from the live
     status file (the vendor's words): all are shown through safe_text, all output is scrubbed."""
     out = scrubbed(out)
+    now = _moment(data.get("now")) or datetime.now(UTC)
     daemon = data["daemon"]
     written = daemon["status_written"]
     print(f"daemon: {'running, pid ' + str(daemon['pid']) if daemon['running'] else 'not running'}"
-          + (f" (status of {safe_text(str(written), 40)})" if written else ""), file=out)
-    rows = [("CHATBOT", "LAST POLL", "NEW TODAY", "RESULT")] + [
-        (safe_text(c["name"], 40), safe_text(str(c["last_poll"] or "-"), 40), str(c["new_today"]),
+          + (f" (last status {_when_and_age(written, now).replace(' (', ', ').rstrip(')')})" if written else ""),
+          file=out)
+    rows = [("CHATBOT", "LAST POLL (UTC)", "NEW TODAY", "RESULT")] + [
+        (safe_text(c["name"], 40), _when_and_age(c["last_poll"], now), str(c["new_today"]),
          safe_text(c["result"], 80)) for c in data["chatbots"]]
     for problem in daemon.get("problems", []):
         print(f"problem: {safe_text(str(problem), 300)}", file=out)
@@ -97,47 +125,79 @@ def table(rows: Sequence[tuple[str, ...]], out: IO[str]) -> None:
 
 
 def outbox_list(config: Config, out: IO[str], *, state: history.Unsettled, sink: str | None,
-                as_json: bool) -> int:
+                as_json: bool, limit: int = 1000) -> int:
     check_sink(config, sink)
     out = scrubbed(out)
     store = open_store(config)
     try:
-        rows = history.outbox(store, state=state, sink=sink, limit=1000)
-        held = sum(c.held for name, c in store.sink_counts().items() if sink in (None, name))
+        rows = history.outbox(store, state=state, sink=sink, limit=limit)
+        counts = [c for name, c in store.sink_counts().items() if sink in (None, name)]
     finally:
         store.close()
+    total = sum(getattr(c, state) for c in counts)
+    held = sum(c.held for c in counts)
     if as_json:
-        print(safe_json([_as_dict(row) for row in rows]), file=out)
+        print(safe_json({"state": state, "sink": sink, "deliveries": [_as_dict(row) for row in rows],
+                         "count": len(rows), "total": total, "limit": limit, "truncated": len(rows) < total}),
+              file=out)
         return len(rows)
-    lines = [("ID", "SINK", "ATTEMPTS", "NEXT/LAST", "CHATBOT", "TYPE", "SESSION", "LAST ERROR")]
+    lines = [("ID", "SINK", "ATTEMPTS", "NEXT (UTC)" if state == "pending" else "LAST (UTC)", "CHATBOT", "TYPE",
+              "SESSION", "LAST ERROR")]
     for row in rows:
-        when = datetime.fromtimestamp(row.next_at if state == "pending" else row.updated_at, UTC)
-        lines.append((str(row.id), safe_text(row.sink, 40), str(row.attempts), when.isoformat(timespec="seconds"),
+        lines.append((str(row.id), safe_text(row.sink, 40), str(row.attempts),
+                      history.iso(row.next_at if state == "pending" else row.updated_at),
                       safe_text(row.chatbot, 40), safe_text(row.type, 20), str(row.session_id),
                       safe_text(row.last_error or "", 100)))
     table(lines, out)
-    print(f"{len(rows)} {state} deliveries"
-          + (f" ({held} more held by the flood guard: --held)" if state == "pending" and held else ""), file=out)
+    shown = f"{len(rows)} of {total} {state} deliveries (the oldest; --limit shows more)" if len(rows) < total \
+        else history.plural(len(rows), f"{state} delivery", f"{state} deliveries")
+    print(shown + (f" ({held} more held by the flood guard: --held)" if state == "pending" and held else ""), file=out)
     return len(rows)
 
 
 def _as_dict(row: OutboxRow) -> dict[str, Any]:
-    data = dataclasses.asdict(row)
-    data["created"] = from_micros(data.pop("created_us")).isoformat()
-    return data
+    return {"id": row.id, "sink": row.sink, "state": row.state, "attempts": row.attempts,
+            "next_at": history.iso(row.next_at), "updated_at": history.iso(row.updated_at),
+            "last_error": row.last_error, "chatbot": row.chatbot, "serial_number": row.serial, "type": row.type,
+            "session_id": row.session_id, "created": history.iso(from_micros(row.created_us)),
+            "webhook_id": row.webhook_id}
 
 
 def outbox_retry(config: Config, out: IO[str], *, ids: list[int], state: history.Parked | None,
                  sink: str | None) -> int:
+    """Deliveries due now with a fresh attempt budget: the ids given, every dead or held one (of
+    --sink), or, with only --sink, that sink's pending ones. Ids that are not there, already
+    delivered or of another sink are named, and the command fails (NotifierError) after the rest
+    were made due."""
     check_sink(config, sink)
-    if not ids and state is None:
-        raise ConfigError("name delivery IDs, or --dead / --held (optionally with --sink)")
+    if ids and state is not None:
+        raise UsageError("give delivery IDs or --dead / --held, not both")
+    if not ids and state is None and sink is None:
+        raise UsageError("outbox retry needs delivery IDs, --dead, --held or --sink NAME (its pending deliveries)")
     store = open_store(config)
     try:
-        count = history.requeue(store, datetime.now(UTC).timestamp(), ids=ids, state=state, sink=sink)
+        now = datetime.now(UTC).timestamp()
+        if ids:
+            result = history.requeue_ids(store, now, ids, sink=sink)
+            count = len(result.due)
+        else:
+            result = None
+            count = history.requeue(store, now, state=state or "pending", sink=sink)
     finally:
         store.close()
-    print(f"{count} deliveries are due again", file=scrubbed(out))
+    what = {"dead": "dead ", "held": "held ", None: ""}[state] if not ids else ""
+    them = "it" if count == 1 else "them"
+    sender = (f"a running daemon sends {them} within 5 s" if lock_holder(config.state_path) is not None
+              else f"no daemon is running: the next `run` or `once` sends {them}")
+    print(f"{history.plural(count, what + 'delivery', what + 'deliveries')} "
+          f"{'is' if count == 1 else 'are'} due again" + (f" ({sender})" if count else ""), file=scrubbed(out))
+    if result is not None:
+        refused = [f"{', '.join(map(str, found))} {why}" for found, why in (
+            (result.missing, "not found (no such delivery: see `outbox list`)"),
+            (result.delivered, "already delivered (to send it again: `replay --sink NAME --session ID`)"),
+            (result.other_sink, f"not a delivery of sink {sink!r}")) if found]
+        if refused:
+            raise NotifierError("not retried: " + "; ".join(refused))
     return count
 
 
@@ -151,8 +211,9 @@ def outbox_purge(config: Config, out: IO[str], *, state: history.Parked, older_t
         count = history.purge(store, state, cutoff, sink)
     finally:
         store.close()
-    what = "dead letters" if state == "dead" else "held deliveries"
-    print(f"{count} {what} purged (their leads stay seen and are not notified again)", file=scrubbed(out))
+    what = history.plural(count, "dead letter") if state == "dead" else history.plural(count, "held delivery",
+                                                                                          "held deliveries")
+    print(f"{what} purged (their leads stay seen and are not notified again)", file=scrubbed(out))
     return count
 
 
@@ -184,8 +245,7 @@ def state_forget(config: Config, out: IO[str], chatbot: str, *, yes: bool = Fals
     return count
 
 
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+_plural = history.plural
 
 
 def resolve_chatbot(config: Config, known: dict[str, str], name: str | None) -> str | None:
@@ -197,10 +257,10 @@ def resolve_chatbot(config: Config, known: dict[str, str], name: str | None) -> 
         return configured.serial_number
     serial = next((s for s, stored in known.items() if name in (s, stored)), None)
     if serial is None:
-        raise ConfigError(f"no chatbot {name!r} in the config or the state file")
+        raise UsageError(f"no chatbot {name!r} in the config or the state file")
     return serial
 
 
 def check_sink(config: Config, sink: str | None) -> None:
     if sink is not None and sink not in config.sinks:
-        raise ConfigError(f"no sink named {sink!r} (configured: {', '.join(sorted(config.sinks))})")
+        raise UsageError(f"no sink named {sink!r} (configured: {', '.join(sorted(config.sinks))})")

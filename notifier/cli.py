@@ -1,96 +1,74 @@
 """The command line. Anything an operator can get wrong ends in one clear line on stderr and an
-exit code, never a traceback."""
+exit code (0 done, 1 failed, 2 usage or config error, 130 interrupted), never a traceback; a
+closed output (`status | head -1`) ends the command quietly."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import difflib
+import math
+import os
+import re
+import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
+from typing import NoReturn
 
 from . import logs
 from ._version import __version__
 from .config import Config, config_path, load_config
-from .exceptions import ConfigError, NotifierError
+from .exceptions import ConfigError, NotifierError, UsageError
+from .history import INT64, plural, state_location_problem
 from .text import safe_text, scrubbed
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+PROG = "smarterbot-notifier"
+USAGE_EXIT = "2 usage or config error"
+SHELLS = ("bash", "zsh", "fish")
+_NUMBER = re.compile(r"^-\d+(\.\d*)?$|^-\.\d+$")
+_EXITS = re.compile(r", (?=\d+ )")  # "0 done, 1 failed, 2 …": one line per exit status in --help
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH",
-                        help="config file (default: $SMARTERBOT_NOTIFIER_CONFIG, else ./config.toml)")
-    common.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    common.add_argument("--log-format", choices=["text", "json"],
-                        help="text on a terminal, JSON lines otherwise")
-    parser = argparse.ArgumentParser(prog="smarterbot-notifier",
-                                     description="Notify Slack, email and webhooks of new SmarterBot leads.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("run", parents=[common], help="run the daemon")
-    sub.add_parser("once", parents=[common], help="poll every chatbot once, deliver what is due, exit")
-    sub.add_parser("check", parents=[common], help="validate the config and exit")
-    demo = sub.add_parser("demo", parents=[common], help="see it work: simulator + console, no config")
-    demo.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
-    demo.add_argument("--every", type=float, default=3.0, metavar="SECONDS", help="a new lead this often")
-    test_sink = sub.add_parser("test-sink", parents=[common], help="send one sample lead through a sink")
-    test_sink.add_argument("name", help="the sink's name, as in [sinks.NAME]")
-    status = sub.add_parser("status", parents=[common], help="chatbots and sinks at a glance")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    outbox = sub.add_parser("outbox", help="list, retry or purge deliveries").add_subparsers(
-        dest="action", required=True, metavar="ACTION")
-    listing = outbox.add_parser("list", parents=[common], help="pending (or --held, --dead) deliveries")
-    _parked(listing, required=False)
-    listing.add_argument("--sink", metavar="NAME")
-    listing.add_argument("--json", action="store_true")
-    retry = outbox.add_parser("retry", parents=[common], help="make deliveries due again (releases held ones)")
-    retry.add_argument("ids", nargs="*", type=int, metavar="ID")
-    _parked(retry, required=False, what="every {} delivery (of --sink)")
-    retry.add_argument("--sink", metavar="NAME")
-    purge = outbox.add_parser("purge", parents=[common], help="drop dead letters or held deliveries")
-    _parked(purge, required=True)
-    purge.add_argument("--older-than", type=float, metavar="DAYS")
-    purge.add_argument("--sink", metavar="NAME")
-    leads = sub.add_parser("leads", parents=[common], help="recent leads and who was told; `leads show SESSIONID`",
-                           usage="%(prog)s [--chatbot NAME] [--since DATE] [--session ID] [--limit N] [--json]\n"
-                                 "       %(prog)s show SESSIONID [--json]")
-    leads.add_argument("action", nargs="?", choices=["show"], help="show one lead's whole story")
-    leads.add_argument("session_id", nargs="?", type=int, metavar="SESSIONID")
-    leads.add_argument("--chatbot", metavar="NAME", help="name or serial number")
-    leads.add_argument("--since", type=_since, metavar="DATE", help="CreateTime from: YYYY-MM-DD, ISO time, or 7d/12h")
-    leads.add_argument("--session", type=int, metavar="ID")
-    leads.add_argument("--limit", type=int, default=50, metavar="N")
-    leads.add_argument("--json", action="store_true")
-    replay = sub.add_parser("replay", parents=[common], help="send already-notified leads to a sink again")
-    replay.add_argument("--sink", required=True, metavar="NAME")
-    which = replay.add_mutually_exclusive_group(required=True)
-    which.add_argument("--session", type=int, metavar="ID")
-    which.add_argument("--since", type=_since, metavar="DATE", help="CreateTime from: YYYY-MM-DD, ISO time, or 7d")
-    replay.add_argument("--chatbot", metavar="NAME", help="only this chatbot's leads")
-    replay.add_argument("--dry-run", action="store_true", help="list what would be sent, change nothing")
-    state = sub.add_parser("state", help="state file maintenance").add_subparsers(
-        dest="action", required=True, metavar="ACTION")
-    forget = state.add_parser("forget", parents=[common], help="drop a chatbot's seen leads: baseline it again")
-    forget.add_argument("chatbot", metavar="CHATBOT")
-    forget.add_argument("--yes", action="store_true", help="do not ask for confirmation on a terminal")
-    forget.add_argument("--dry-run", action="store_true", help="only say how many seen leads would be forgotten")
-    sim = sub.add_parser("simulate", parents=[common], help="serve the built-in API simulator")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8765)
-    sim.add_argument("--api-key", default="sim-key")
-    sim.add_argument("--chatbots", type=int, default=2, metavar="N")
-    sim.add_argument("--every", type=float, default=5.0, metavar="SECONDS", help="a new lead this often")
-    sim.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
-    return parser
+class _BadUsage(Exception):
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+        self.message = message
 
 
-def _parked(parser: argparse.ArgumentParser, *, required: bool, what: str = "{} deliveries") -> None:
-    group = parser.add_mutually_exclusive_group(required=required)
-    group.add_argument("--dead", dest="parked", action="store_const", const="dead", help=what.format("dead"))
-    group.add_argument("--held", dest="parked", action="store_const", const="held",
-                       help=what.format("held") + " (held by the flood guard)")
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage error to `main` instead of exiting, so `main` can blame the right word."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _BadUsage(self, message)
+
+
+# --- option values: every number the state or the clock cannot hold is refused here --------
+def _int(low: int, high: int = INT64[1]) -> Callable[[str], int]:
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is out of range: {low} to {high}")
+        return value
+    return whole
+
+
+def _float(low: float, high: float) -> Callable[[str], float]:
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is out of range: {low:g} to {high:g}")
+        return value
+    return number
 
 
 def _since(value: str) -> datetime:
@@ -101,6 +79,186 @@ def _since(value: str) -> datetime:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+_ID, _SESSION, _LIMIT = _int(1), _int(*INT64), _int(1, 10_000_000)
+_SECONDS = _float(0.01, 10_000_000)
+
+# --- the parser ------------------------------------------------------------------------------
+CONFIG_HELP = "the config file (default: $SMARTERBOT_NOTIFIER_CONFIG, else ./config.toml)"
+
+
+def _options(*, config: bool, top: bool = False) -> _Parser:
+    """--config and --log-*, accepted before the command (`top`) and after it and its action:
+    below the top their default is SUPPRESS, so a value given earlier is not reset."""
+    keep = argparse.SUPPRESS
+    options = _Parser(add_help=False)
+    if config:
+        options.add_argument("--config", metavar="PATH", default=None if top else keep, help=CONFIG_HELP)
+    options.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                         default="info" if top else keep, help="the least severe log records shown (default: info)")
+    options.add_argument("--log-format", choices=["text", "json"], default=None if top else keep,
+                         help="logs on stderr (default: text on a terminal, else JSON lines)")
+    return options
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog=PROG, parents=[_options(config=True, top=True)], allow_abbrev=False,
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     description="Watch SmarterBot chatbots for new leads and appointments and notify webhooks, "
+                                 "Slack, email or the console.",
+                     epilog="Without a command: this help (exit 2). `%(prog)s COMMAND --help` shows a command's "
+                            "options.\nExit status: 0 done, 1 failed (the message says what), 2 usage or config "
+                            "error, 130 interrupted.\nShell completion: `%(prog)s completion bash|zsh|fish`.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    with_config, logging_only = [_options(config=True)], [_options(config=False)]
+
+    def command(where: argparse._SubParsersAction[_Parser], name: str, summary: str, exits: str,
+                parents: list[_Parser] = with_config, usage: str | None = None) -> _Parser:
+        return where.add_parser(name, parents=parents, help=summary, description=summary[0].upper() + summary[1:],
+                                epilog="exit status:\n" + "\n".join(f"  {each}" for each in _EXITS.split(exits)),
+                                allow_abbrev=False, usage=usage,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    command(sub, "run", "the daemon: poll every chatbot on its interval and deliver until SIGTERM/SIGINT",
+            f"0 stopped by SIGTERM/SIGINT, 1 the state cannot be used or the daemon could not recover, {USAGE_EXIT}")
+    once = command(sub, "once", "poll every chatbot once, deliver what is due, exit (for cron and timers)",
+                   f"0 every poll succeeded, 1 a poll failed (each is named; with --strict: or a delivery "
+                   f"attempt failed), {USAGE_EXIT}, 130 interrupted")
+    once.add_argument("--strict", action="store_true",
+                      help="also exit 1 when any delivery attempt failed (default: only failed polls do)")
+    check = command(sub, "check", "validate the config (every problem at once, with its line) and the state "
+                    "location, and print what it understood", f"0 valid, {USAGE_EXIT}")
+    check.add_argument("--json", action="store_true",
+                       help='one JSON document: what was understood, or {"ok": false, "problems": [...]}')
+    test_sink = command(sub, "test-sink", "send one sample lead through sink NAME (its `types` filter does not "
+                        "apply) and show what was sent", f"0 the sink accepted it, 1 it did not (why), {USAGE_EXIT}")
+    test_sink.add_argument("name", metavar="NAME", help="the sink's name, as in [sinks.NAME]")
+    demo = command(sub, "demo", "see it work: simulator + daemon + console sink, no config, no network",
+                   f"0 stopped, {USAGE_EXIT}", parents=logging_only)
+    demo.add_argument("--duration", type=_SECONDS, metavar="SECONDS", help="stop after this long (default: Ctrl-C)")
+    demo.add_argument("--every", type=_SECONDS, default=3.0, metavar="SECONDS",
+                      help="a new lead this often (default: 3)")
+    status = command(sub, "status", "chatbots (last poll, result, new leads today) and sinks (pending, held, "
+                     "dead), beside a running daemon or not", f"0 shown, 1 the state cannot be read, {USAGE_EXIT}")
+    status.add_argument("--json", action="store_true", help="one JSON document (default: tables)")
+
+    outbox = command(sub, "outbox", "list, retry or purge deliveries", f"see each action's --help, {USAGE_EXIT}")
+    actions = outbox.add_subparsers(dest="action", required=True, metavar="ACTION", title="actions")
+    listing = command(actions, "list", "pending (or --dead, or --held) deliveries, oldest first, with their "
+                      "attempts and last error", f"0 listed, 1 the state cannot be read, {USAGE_EXIT}")
+    _parked(listing, required=False, what="{} deliveries instead of pending ones")
+    listing.add_argument("--sink", metavar="NAME", help="only this sink's (default: every sink's)")
+    listing.add_argument("--limit", type=_LIMIT, default=1000, metavar="N", help="at most N (default: 1000)")
+    listing.add_argument("--json", action="store_true", help="one JSON document (default: a table)")
+    retry = command(actions, "retry", "make deliveries due now with a fresh attempt budget: IDs, every --dead or "
+                    "--held one, or with only --sink NAME that sink's pending ones; a running daemon sends them "
+                    "within 5 s", f"0 done, 1 an ID was not found, already delivered or of another sink (each is "
+                    f"named; the others are due again), {USAGE_EXIT}")
+    retry.add_argument("ids", nargs="*", type=_ID, metavar="ID", help="delivery IDs, as `outbox list` shows them")
+    _parked(retry, required=False, what="every {} delivery (of --sink)")
+    retry.add_argument("--sink", metavar="NAME", help="only this sink's (default: every sink's)")
+    purge = command(actions, "purge", "drop dead letters or held deliveries (their leads stay seen: nothing is "
+                    "notified again)", f"0 done, 1 the state cannot be changed, {USAGE_EXIT}")
+    _parked(purge, required=True, what="drop {} deliveries")
+    purge.add_argument("--older-than", type=_float(0, 36_500), metavar="DAYS",
+                       help="only those last changed more than DAYS days ago (default: all of them)")
+    purge.add_argument("--sink", metavar="NAME", help="only this sink's (default: every sink's)")
+
+    leads = command(sub, "leads", "recent leads, newest first, with each sink's state; `leads show SESSIONID` "
+                    "tells one lead's whole story", f"0 shown, 1 no such lead (show), {USAGE_EXIT}",
+                    usage="%(prog)s [--chatbot NAME] [--since DATE] [--session ID] [--webhook-id ID] [--limit N] "
+                          "[--json]\n       %(prog)s show (SESSIONID | --webhook-id ID) [--json]")
+    leads.add_argument("action", nargs="?", metavar="show", help="show one lead's whole story")
+    leads.add_argument("session_id", nargs="?", type=_SESSION, metavar="SESSIONID", help="the lead's SessionID")
+    leads.add_argument("--chatbot", metavar="NAME", help="only this chatbot's: name or serial (default: all)")
+    leads.add_argument("--since", type=_since, metavar="DATE",
+                       help="CreateTime from: YYYY-MM-DD, an ISO 8601 time (UTC), or an age: 7d, 12h, 30m "
+                            "(default: all kept)")
+    leads.add_argument("--session", type=_SESSION, metavar="ID", help="only this SessionID (default: any)")
+    leads.add_argument("--webhook-id", metavar="ID", help="only the lead sent with this webhook-id (default: any)")
+    leads.add_argument("--limit", type=_LIMIT, default=50, metavar="N", help="at most N, the newest (default: 50)")
+    leads.add_argument("--json", action="store_true", help="one JSON document (default: a table)")
+
+    replay = command(sub, "replay", "send already-notified leads to a sink again, with their original webhook-id",
+                     f"0 queued (and sent, with no daemon running), 1 no such lead or the state cannot be "
+                     f"changed, {USAGE_EXIT}")
+    replay.add_argument("--sink", required=True, metavar="NAME", help="the sink to send them to (required)")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("--session", type=_SESSION, metavar="ID", help="the lead with this SessionID")
+    which.add_argument("--since", type=_since, metavar="DATE",
+                       help="leads created from: YYYY-MM-DD, an ISO 8601 time (UTC), or an age: 7d, 12h, 30m")
+    replay.add_argument("--chatbot", metavar="NAME", help="only this chatbot's leads (default: all)")
+    replay.add_argument("--dry-run", action="store_true", help="list what would be sent, change nothing")
+
+    state = command(sub, "state", "state file maintenance", f"see each action's --help, {USAGE_EXIT}")
+    forget = command(state.add_subparsers(dest="action", required=True, metavar="ACTION", title="actions"),
+                     "forget", "drop a chatbot's seen leads so its next poll is a first run (`first_run` applies)",
+                     f"0 done or declined, 1 the state cannot be changed, {USAGE_EXIT}")
+    forget.add_argument("chatbot", metavar="CHATBOT", help="a chatbot's name or serial number")
+    forget.add_argument("--yes", action="store_true", help="do not ask for confirmation (default: ask on a terminal)")
+    forget.add_argument("--dry-run", action="store_true", help="only say how many seen leads would be forgotten")
+
+    sim = command(sub, "simulate", "serve the built-in LeadList API simulator alone, creating leads, and print a "
+                  "config to try against it", f"0 stopped, 1 cannot listen on --host/--port, {USAGE_EXIT}",
+                  parents=logging_only)
+    sim.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
+    sim.add_argument("--port", type=_int(0, 65_535), default=8765, help="the port to listen on (default: 8765)")
+    sim.add_argument("--api-key", default="sim-key", help="the API key it accepts (default: sim-key)")
+    sim.add_argument("--chatbots", type=_int(1, 10_000), default=2, metavar="N", help="how many (default: 2)")
+    sim.add_argument("--every", type=_SECONDS, default=5.0, metavar="SECONDS",
+                     help="a new lead this often (default: 5)")
+    sim.add_argument("--duration", type=_SECONDS, metavar="SECONDS", help="stop after this long (default: Ctrl-C)")
+
+    completion = command(sub, "completion", "print the shell completion script for SHELL, generated from these "
+                         "commands and options (how to install it: see the README)", f"0 printed, {USAGE_EXIT}",
+                         parents=[])
+    completion.add_argument("shell", choices=SHELLS, metavar="SHELL", help="bash, zsh or fish")
+    return parser
+
+
+def _parked(parser: argparse.ArgumentParser, *, required: bool, what: str) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--dead", dest="parked", action="store_const", const="dead", help=what.format("dead"))
+    group.add_argument("--held", dest="parked", action="store_const", const="held",
+                       help=what.format("held") + ", held by the flood guard")
+
+
+def _walk(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """The parser and every command and action parser below it."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield from _walk(child)
+
+
+def _unknown_option(root: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argparse.ArgumentParser, str]:
+    """The first option in `argv` that no parser on the command's path knows, with the parser
+    to blame it on; argparse alone would blame its value (`leads --sinse 7d`: "invalid choice: '7d'")."""
+    current, known = root, dict(root._option_string_actions)
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--":
+            break
+        elif word.startswith("-") and word != "-" and not _NUMBER.match(word):
+            action = known.get(word.split("=", 1)[0])
+            if action is None:
+                options = [o for o in current._option_string_actions if o.startswith("--") and o != "--help"]
+                close = difflib.get_close_matches(word.split("=", 1)[0], options)
+                return current, f"unknown option {word.split('=', 1)[0]}" + (
+                    f" (did you mean {close[0]}?)" if close else "")
+            skip = action.nargs != 0 and "=" not in word
+        else:
+            for action in current._actions:
+                if isinstance(action, argparse._SubParsersAction) and word in action.choices:
+                    current = action.choices[word]  # after a command, only its own options count
+                    known = dict(current._option_string_actions)
+    return current, ""
+
+
 def _load(args: argparse.Namespace) -> Config:
     """Every command that reads a config comes here, so its secrets are registered before the
     command prints or logs anything (all output goes through logs.scrub)."""
@@ -109,23 +267,65 @@ def _load(args: argparse.Namespace) -> Config:
     return config
 
 
+def _load_with_state(args: argparse.Namespace) -> Config:
+    """For the commands that open the state: a `[state] path` that cannot be one is a config error
+    that says why, not "File exists"."""
+    config = _load(args)
+    problem = state_location_problem(config.state_path)
+    if problem is not None:
+        raise ConfigError(problem, key="state.path", path=str(config.source))
+    return config
+
+
 def _error(message: str) -> None:
-    print(f"smarterbot-notifier: {message}", file=scrubbed(sys.stderr))
+    with contextlib.suppress(OSError, ValueError):  # a closed stderr has no one to tell
+        print(f"{PROG}: {message}", file=scrubbed(sys.stderr))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:  # the reader went away (`status | head -1`): stop quietly
+        with contextlib.suppress(OSError, ValueError):  # and let the interpreter's last flush go nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+
+
+def _main(argv: list[str]) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_CONFIG
+        if args.command in ("demo", "simulate", "completion") and args.config is not None:
+            parser.error(f"{args.command} reads no config file: leave out --config")
+    except _BadUsage as exc:
+        where, unknown = _unknown_option(parser, argv)
+        where, message = (where, unknown) if unknown else (exc.parser, exc.message)
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(f"{where.format_usage()}{where.prog}: error: {message}\n")
+        return EXIT_CONFIG
+    except SystemExit as exc:  # --help, --version: printed, nothing else to do
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
     logs.configure(args.log_level, args.log_format)
     try:
         return asyncio.run(_dispatch(args))
-    except ConfigError as exc:
-        _error(f"config error: {exc}")
+    except UsageError as exc:
+        _error(str(exc))
+        return EXIT_CONFIG
+    except ConfigError as exc:  # one line per problem: a file with several says them all
+        problems = str(exc).splitlines()
+        _error("config error: " + problems[0] if len(problems) == 1 else "config error:\n  " + "\n  ".join(problems))
         return EXIT_CONFIG
     except NotifierError as exc:
         _error(str(exc))
         return EXIT_FAILED
+    except sqlite3.Error as exc:  # an operator command's read of the state (a daemon holds a long write)
+        _error(f"the state file could not be read ({safe_text(str(exc), 300)}); try again")
+        return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 async def _dispatch(args: argparse.Namespace) -> int:
@@ -133,23 +333,25 @@ async def _dispatch(args: argparse.Namespace) -> int:
 
     command = args.command
     if command == "check":
-        config = _load(args)
-        print(_summary(config), file=scrubbed(sys.stdout))
-        return EXIT_OK
+        return _check(args)
     if command == "run":
-        await Service(_load(args), reload=lambda: _load(args)).run()
+        await Service(_load_with_state(args), reload=lambda: _load(args)).run()
         return EXIT_OK
     if command == "once":
-        failed = await Service(_load(args)).once()
+        service = Service(_load_with_state(args))
+        failed = await service.once()
         for name in failed:
             _error(f"poll failed for chatbot {safe_text(repr(name), 80)} (see the log above)")
-        return EXIT_FAILED if failed else EXIT_OK
+        attempts = service.dispatcher.failed if service.dispatcher is not None else 0
+        if args.strict and attempts:
+            _error(f"{plural(attempts, 'delivery attempt')} failed (see the log above and `outbox list`)")
+        return EXIT_FAILED if failed or (args.strict and attempts) else EXIT_OK
     if command in ("status", "outbox", "state", "leads"):
         return _admin(args)
     if command == "replay":
         from .replay import replay
-        await replay(_load(args), scrubbed(sys.stdout), sink=args.sink, session=args.session, since=args.since,
-                     chatbot=args.chatbot, dry_run=args.dry_run)
+        await replay(_load_with_state(args), scrubbed(sys.stdout), sink=args.sink, session=args.session,
+                     since=args.since, chatbot=args.chatbot, dry_run=args.dry_run)
         return EXIT_OK
     if command == "test-sink":
         from .sample import send_sample
@@ -159,6 +361,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return await run_demo(args.duration, args.every)
     if command == "simulate":
         return await _simulate(args)
+    if command == "completion":
+        return _completion(args.shell)
     raise AssertionError(command)  # pragma: no cover - argparse restricts the choices
 
 
@@ -167,7 +371,7 @@ def _admin(args: argparse.Namespace) -> int:
 
     from . import admin
 
-    config = _load(args)
+    config = _load_with_state(args)
     out = scrubbed(sys.stdout)
     if args.command == "status":
         data = admin.status(config, datetime.now(UTC))
@@ -178,12 +382,13 @@ def _admin(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "state":
         admin.state_forget(config, out, args.chatbot, yes=args.yes, dry_run=args.dry_run,
-                           ask=input if sys.stdin.isatty() else None)
+                           ask=_ask if sys.stdin.isatty() else None)
         return EXIT_OK
     if args.command == "leads":
         return _leads(config, args)
     if args.action == "list":
-        admin.outbox_list(config, out, state=args.parked or "pending", sink=args.sink, as_json=args.json)
+        admin.outbox_list(config, out, state=args.parked or "pending", sink=args.sink, as_json=args.json,
+                          limit=args.limit)
     elif args.action == "retry":
         admin.outbox_retry(config, out, ids=args.ids, state=args.parked, sink=args.sink)
     else:
@@ -191,35 +396,60 @@ def _admin(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _ask(prompt: str) -> str:
+    try:
+        return input(prompt)
+    except EOFError:  # Ctrl-D: no
+        return ""
+
+
 def _leads(config: Config, args: argparse.Namespace) -> int:
     from . import ledger
 
+    out = scrubbed(sys.stdout)
+    if args.action not in (None, "show"):
+        number = args.action.lstrip("-").isdigit()
+        raise UsageError(f"unexpected {safe_text(repr(args.action), 80)}: "
+                         + (f"did you mean `leads show {args.action}`?" if number else "the only action is `show`"))
     if args.action == "show":
         session = args.session_id if args.session_id is not None else args.session
-        if session is None:
-            raise ConfigError("leads show needs a SESSIONID")
-        ledger.show_lead(config, scrubbed(sys.stdout), session, as_json=args.json)
-    elif args.session_id is not None:
-        raise ConfigError(f"unexpected {args.session_id}: did you mean `leads show {args.session_id}`?")
+        if session is None and args.webhook_id is None:
+            raise UsageError("leads show needs a SESSIONID (or --webhook-id ID)")
+        ledger.show_lead(config, out, session, as_json=args.json, webhook_id=args.webhook_id)
     else:
-        ledger.list_leads(config, scrubbed(sys.stdout), chatbot=args.chatbot, since=args.since, session=args.session,
-                          limit=max(1, args.limit), as_json=args.json)
+        ledger.list_leads(config, out, chatbot=args.chatbot, since=args.since, session=args.session,
+                          limit=args.limit, as_json=args.json, webhook_id=args.webhook_id)
     return EXIT_OK
 
 
-def _summary(config: Config) -> str:
-    """What `check` understood. Names, paths and URLs are the config's own text (a TOML string
-    may hold any character): each is shown through safe_text, the whole is scrubbed on output."""
-    lines = [f"config OK: {safe_text(str(config.source), 300)}", f"  state: {safe_text(str(config.state_path), 300)}",
-             f"  api: {safe_text(config.api.base_url, 300)} ({config.api.requests_per_second:g} requests/s)"]
-    for chatbot in config.chatbots:
-        lines.append(f"  chatbot {safe_text(chatbot.name, 80)} ({safe_text(chatbot.serial_number, 80)}): "
-                     f"every {chatbot.interval:g}s, lookback {chatbot.lookback_days}d, first run {chatbot.first_run} "
-                     f"-> {', '.join(safe_text(s, 80) for s in chatbot.sinks)}")
-    for name, sink in config.sinks.items():
-        lines.append(f"  sink {safe_text(name, 80)}: {sink.type}, "
-                     f"types {', '.join(safe_text(t, 40) for t in sorted(sink.types))}")
-    return "\n".join(lines)
+def _completion(shell: str) -> int:
+    """Generated from the parser itself by shtab, so it always knows every command and option."""
+    import shtab
+
+    parser = _parser()
+    for each in _walk(parser):
+        for action in each._actions:
+            if action.dest == "config":
+                action.complete = shtab.FILE  # type: ignore[attr-defined]
+    print(shtab.complete(parser, shell=shell), file=sys.stdout)
+    return EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Every problem at once (key and line each), the state location included; or everything
+    that was understood, with warnings."""
+    from .checkreport import problems_report, report
+
+    try:
+        config = _load_with_state(args)
+    except ConfigError as exc:
+        if args.json:
+            print(problems_report(exc, as_json=True), file=scrubbed(sys.stdout))
+        else:
+            _error("config error:\n" + problems_report(exc, as_json=False))
+        return EXIT_CONFIG
+    print(report(config, as_json=args.json), file=scrubbed(sys.stdout))
+    return EXIT_OK
 
 
 async def _simulate(args: argparse.Namespace) -> int:
@@ -231,7 +461,11 @@ async def _simulate(args: argparse.Namespace) -> int:
     serials = [f"sim{i:029d}" for i in range(1, args.chatbots + 1)]
     for serial in serials:
         sim.add_chatbot(serial)
-    runner, base_url = await start_simulator(sim, args.host, args.port)
+    try:
+        runner, base_url = await start_simulator(sim, args.host, args.port)
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        raise NotifierError(f"cannot listen on {safe_text(args.host, 100)}:{args.port}: {exc.strerror or exc}") \
+            from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -252,6 +486,3 @@ async def _simulate(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-
-
-

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -33,7 +33,8 @@ CLOCK_STEP = 60.0  # the wall clock moved this much against the loop's monotonic
 class Dispatcher:
     def __init__(self, store: Store, sinks: Mapping[str, Sink], config: DeliveryConfig,
                  clock: Clock, metrics: Metrics | None = None,
-                 state_retry: tuple[float, float] = STATE_RETRY, external_check: float = EXTERNAL_CHECK) -> None:
+                 state_retry: tuple[float, float] = STATE_RETRY, external_check: float = EXTERNAL_CHECK,
+                 only: Collection[int] | None = None) -> None:
         self.metrics = metrics
         self.store = store
         self.sinks = dict(sinks)
@@ -51,6 +52,7 @@ class Dispatcher:
         self._outcomes: list[Outcome] = []
         self.state_retry = state_retry
         self.external_check = external_check
+        self.only = only  # just these outbox ids (a replay without a daemon): nothing else is sent
         self.problem: str | None = None  # the state refuses writes: nothing new is sent
         self._problem_since = 0.0
         self._write_failures = 0
@@ -99,11 +101,11 @@ class Dispatcher:
                     continue
                 wait = self._ready_at.get(name, 0.0) - loop.time()
                 if wait > 0:
-                    if self.store.due(now, [name], 1):
+                    if self.store.due(now, [name], 1, only=self.only):
                         self._pace_wait = wait if self._pace_wait is None else min(self._pace_wait, wait)
                     continue
                 free = 1
-            for delivery in self.store.due(now, [name], free, skip=self._busy):
+            for delivery in self.store.due(now, [name], free, skip=self._busy, only=self.only):
                 if delivery.id in self._busy:  # taken by a digest started earlier in this loop
                     continue
                 group = [delivery] if delivery.batch is None else self.store.batch(name, delivery.batch)

@@ -54,6 +54,11 @@ class ConfigError(NotifierError):
         return "\n".join(str(problem).replace("\r", "\\r").replace("\n", "\\n") for problem in self.problems)
 
 
+class UsageError(NotifierError):
+    """The command line names something that is not there (a sink, a chatbot, an id) or leaves
+    out what it needs: exit 2, and not called a config error."""
+
+
 class ApiError(NotifierError):
     """The vendor API failed for one chatbot; `message` is the vendor's own Message when it sent one."""
 

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from .history import iso
 from .logs import scrub
 from .metrics import Metrics
 from .poller import ChatbotPoller
@@ -28,7 +29,7 @@ def verdict(*, failures: int, last_error: str | None, last_success: datetime | N
     if last_success is None:
         return "never polled successfully yet"
     if now - last_success > timedelta(seconds=3 * interval):
-        return f"no successful poll within 3 intervals (last success: {last_success.isoformat(timespec='seconds')})"
+        return f"no successful poll within 3 intervals (last success: {iso(last_success)})"
     return None
 
 

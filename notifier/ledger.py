@@ -12,12 +12,13 @@ from typing import IO, Any
 
 from .admin import open_store, resolve_chatbot, table
 from .config import Config
-from .exceptions import NotifierError
-from .history import LeadRecord, find_leads
+from .exceptions import NotifierError, UsageError
+from .history import LeadRecord, count_leads, find_leads, iso, leads_by_webhook_id, plural
 from .leads import from_micros, to_micros
 from .text import safe_json, safe_text, scrubbed
 
 _RELATIVE = re.compile(r"^(\d+)([dhm])$")
+_WEBHOOK_ID = re.compile(r"^msg_[0-9a-f]{32}$")
 
 
 def parse_since(value: str, now: datetime | None = None) -> datetime:
@@ -26,12 +27,26 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
     match = _RELATIVE.match(value)
     if match:
         unit = {"d": "days", "h": "hours", "m": "minutes"}[match.group(2)]
-        return (now or datetime.now(UTC)) - timedelta(**{unit: int(match.group(1))})
+        try:
+            return (now or datetime.now(UTC)) - timedelta(**{unit: int(match.group(1))})
+        except (OverflowError, ValueError):
+            raise ValueError(f"{value!r} reaches back before the year 1") from None
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
         raise ValueError(f"{value!r} is not a date (YYYY-MM-DD), an ISO 8601 time or an age such as 7d") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    try:
+        when.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{value!r} is out of range") from None
+    return when
+
+
+def check_webhook_id(value: str) -> str:
+    if not _WEBHOOK_ID.match(value):
+        raise UsageError(f"{value!r} is not a webhook-id (msg_ and 32 hex digits, as in the `webhook-id` header)")
+    return value
 
 
 def lead_state(lead: LeadRecord) -> str:
@@ -44,41 +59,54 @@ def lead_state(lead: LeadRecord) -> str:
 
 
 def list_leads(config: Config, out: IO[str], *, chatbot: str | None, since: datetime | None,
-               session: int | None, limit: int, as_json: bool) -> int:
+               session: int | None, limit: int, as_json: bool, webhook_id: str | None = None) -> int:
     out = scrubbed(out)
     store = open_store(config)
     try:
         serial = resolve_chatbot(config, store.chatbots(), chatbot)
-        leads = find_leads(store, serial=serial, since_us=None if since is None else to_micros(since),
-                           session_id=session, limit=limit)
+        since_us = None if since is None else to_micros(since)
+        lead_ids = None if webhook_id is None else leads_by_webhook_id(store, check_webhook_id(webhook_id))
+        leads = find_leads(store, serial=serial, since_us=since_us, session_id=session, limit=limit,
+                           lead_ids=lead_ids)
+        if len(leads) < limit:
+            total = len(leads)
+        elif lead_ids is not None:
+            total = len(lead_ids)
+        else:
+            total = count_leads(store, serial=serial, since_us=since_us, session_id=session)
     finally:
         store.close()
+    truncated = len(leads) < total
     if as_json:
-        print(safe_json([as_dict(lead) for lead in leads]), file=out)
+        print(safe_json({"leads": [as_dict(lead) for lead in leads], "count": len(leads), "total": total,
+                         "limit": limit, "truncated": truncated}), file=out)
         return len(leads)
     rows = [("CREATED (UTC)", "CHATBOT", "TYPE", "SESSION", "NAME", "EMAIL", "SINKS")]
     for lead in leads:
-        rows.append((_when(from_micros(lead.created_us)), safe_text(lead.chatbot, 30), safe_text(lead.type, 20),
+        rows.append((iso(from_micros(lead.created_us)), safe_text(lead.chatbot, 30), safe_text(lead.type, 20),
                      str(lead.session_id), safe_text(str(lead.raw.get("Name") or ""), 30) or "-",
                      safe_text(str(lead.raw.get("Email") or ""), 40) or "-", lead_state(lead)))
     table(rows, out)
-    more = " (the newest; --limit shows more)" if len(leads) == limit else ""
-    print(f"{len(leads)} leads{more}", file=out)
+    print(f"{len(leads)} of {total} leads, the newest (--limit shows more)" if truncated else plural(total, "lead"),
+          file=out)
     return len(leads)
 
 
-def show_lead(config: Config, out: IO[str], session: int, *, as_json: bool) -> int:
+def show_lead(config: Config, out: IO[str], session: int | None, *, as_json: bool,
+              webhook_id: str | None = None) -> int:
     out = scrubbed(out)
     store = open_store(config)
     try:
-        leads = find_leads(store, session_id=session, limit=100, with_attempts=True)
+        lead_ids = None if webhook_id is None else leads_by_webhook_id(store, check_webhook_id(webhook_id))
+        leads = find_leads(store, session_id=session, limit=100, with_attempts=True, lead_ids=lead_ids)
     finally:
         store.close()
     if not leads:
-        raise NotifierError(f"no lead with SessionID {session} in the state file (leads are kept for "
+        which = f"SessionID {session}" if session is not None else f"webhook-id {webhook_id}"
+        raise NotifierError(f"no lead with {which} in the state file (leads are kept for "
                             f"[state] ledger_days = {config.ledger_days} days)")
     if as_json:
-        print(safe_json([as_dict(lead) for lead in leads], indent=2), file=out)
+        print(safe_json({"leads": [as_dict(lead) for lead in leads]}, indent=2), file=out)
         return len(leads)
     for i, lead in enumerate(leads):
         if i:
@@ -90,18 +118,23 @@ def show_lead(config: Config, out: IO[str], session: int, *, as_json: bool) -> i
 def _story(lead: LeadRecord, out: IO[str]) -> None:
     print(f"{safe_text(lead.type, 20)} {lead.session_id} from chatbot {safe_text(lead.chatbot, 80)} "
           f"({safe_text(lead.serial, 40)})", file=out)
-    print(f"  Created     {_when(from_micros(lead.created_us))} UTC", file=out)
-    print(f"  Detected    {_when(datetime.fromisoformat(lead.detected_at))} UTC", file=out)
+    print(f"  Created     {iso(from_micros(lead.created_us))}", file=out)
+    print(f"  Detected    {_detected(lead)}", file=out)
     for key in ("Name", "Email", "PhoneNumber", "URI", "Content"):
         value = lead.raw.get(key)
         if value not in (None, ""):
             print(f"  {key:<11} {safe_text(str(value), 300)}", file=out)
-    print(f"  Sinks       {lead_state(lead)}", file=out)
+    if not lead.notified or not lead.sinks:
+        print(f"  Sinks       {lead_state(lead)}", file=out)
+    else:
+        print("  Sinks", file=out)
+        table([(f"    {safe_text(s.sink, 40)}", safe_text(s.state, 20), plural(s.attempts, "attempt"),
+                f"webhook-id {lead.webhook_id}") for s in lead.sinks], out)
     if lead.attempts:
         print("  ledger:", file=out)
         rows = [("    WHEN (UTC)", "SINK", "ATTEMPT", "OUTCOME", "STATUS", "DETAIL")]
         for a in lead.attempts:
-            rows.append((f"    {_when(datetime.fromtimestamp(a.at, UTC))}", safe_text(a.sink, 40),
+            rows.append((f"    {iso(a.at)}", safe_text(a.sink, 40),
                          str(a.attempt or "-"), safe_text(a.outcome, 20),
                          safe_text(a.status or "", 60) or "-", safe_text(a.detail or "", 120)))
         table(rows, out)
@@ -109,17 +142,20 @@ def _story(lead: LeadRecord, out: IO[str]) -> None:
         print("  ledger:   no attempt yet", file=out)
 
 
+def _detected(lead: LeadRecord) -> str:
+    try:
+        return iso(datetime.fromisoformat(lead.detected_at))
+    except ValueError:
+        return safe_text(lead.detected_at, 40)
+
+
 def as_dict(lead: LeadRecord) -> dict[str, Any]:
     return {
         "chatbot": lead.chatbot, "serial_number": lead.serial, "type": lead.type, "session_id": lead.session_id,
-        "created": from_micros(lead.created_us).isoformat(), "detected_at": lead.detected_at,
+        "webhook_id": lead.webhook_id, "created": iso(from_micros(lead.created_us)), "detected_at": _detected(lead),
         "notified": lead.notified, "record": lead.raw,
         "sinks": [{"sink": s.sink, "state": s.state, "attempts": s.attempts, "last_error": s.last_error}
                   for s in lead.sinks],
-        "attempts": [{"sink": a.sink, "at": datetime.fromtimestamp(a.at, UTC).isoformat(), "attempt": a.attempt,
+        "attempts": [{"sink": a.sink, "at": iso(a.at), "attempt": a.attempt,
                       "outcome": a.outcome, "status": a.status, "detail": a.detail} for a in lead.attempts],
     }
-
-
-def _when(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")

@@ -375,18 +375,32 @@ class Store:
 
     # one sink at a time, oldest first: served in order by the outbox_pending index (sink, next_at)
     DUE_SQL = (f"SELECT {_DELIVERY_COLUMNS} FROM outbox o JOIN leads l ON l.id = o.lead_id "  # noqa: S608
-               "WHERE o.state = 'pending' AND o.sink IN ({marks}) AND o.next_at <= ? ORDER BY o.next_at, o.id LIMIT ?")
+               "WHERE o.state = 'pending' AND o.sink IN ({marks}) AND o.next_at <= ? {only}"
+               "ORDER BY o.next_at, o.id LIMIT ?")
     NEXT_DUE_SQL = ("SELECT min(next_at) FROM outbox WHERE state = 'pending' AND sink IN ({marks}) "
                     "AND next_at > ?")
 
     @_reading
-    def due(self, now: float, sinks: Collection[str], limit: int, skip: Collection[int] = ()) -> list[Delivery]:
-        """Due deliveries, oldest first; rows in `skip` (already in flight) are not decoded."""
+    def due(self, now: float, sinks: Collection[str], limit: int, skip: Collection[int] = (),
+            only: Collection[int] | None = None) -> list[Delivery]:
+        """Due deliveries, oldest first; rows in `skip` (already in flight) are not decoded. With
+        `only`, just those outbox ids (a replay sends exactly what it queued)."""
         if not sinks:
             return []
-        sql = self.DUE_SQL.format(marks=",".join("?" * len(sinks)))
-        rows = self._db.execute(sql, (*sinks, now, limit + len(skip))).fetchall()
+        if only is None:
+            sql = self.DUE_SQL.format(marks=",".join("?" * len(sinks)), only="")
+            params: tuple[Any, ...] = (*sinks, now, limit + len(skip))
+        else:
+            sql = self.DUE_SQL.format(marks=",".join("?" * len(sinks)),
+                                      only="AND o.id IN (SELECT value FROM json_each(?)) ")
+            params = (*sinks, now, json.dumps(sorted(only)), limit + len(skip))
+        rows = self._db.execute(sql, params).fetchall()
         return [_delivery(row) for row in rows if row[0] not in skip][:limit]
+
+    def count_pending(self, ids: Collection[int]) -> int:
+        """How many of these outbox ids are still pending."""
+        return int(self._db.execute("SELECT count(*) FROM outbox WHERE state = 'pending' AND id IN "
+                                    "(SELECT value FROM json_each(?))", (json.dumps(sorted(ids)),)).fetchone()[0])
 
     @_reading
     def batch(self, sink: str, batch: int) -> list[Delivery]:

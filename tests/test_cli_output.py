@@ -1,15 +1,14 @@
 """Operator commands print text from strangers (leads, the vendor, receivers) and from the config:
 none of it may reach the terminal as a control sequence (issue 12 item 13), in text or --json.
-Each command runs as a real subprocess on a real state file the real daemon wrote."""
+Each command runs in-process (`notifier.cli.main`, in a worker thread beside the servers' event
+loop) on a real state file the real daemon wrote."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import sqlite3
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from notifier.service import Service, status_path
 from notifier.simulator import Simulator, start_simulator
 
 from .conftest import API_KEY, SERIAL_A, serve
+from .test_cli_support import kept_process_state, run
 
 # CSI as one C1 character, NEL, RLO, LRI … PDI, LINE SEPARATOR, ALM, ZWSP, ESC, DEL, BOM
 HOSTILE = "Eve\u009b31m\u0085Mal\u202elory\u2066x\u2069\u2028\u061c\u200b\x1b[2J\x7f\ufeff"
@@ -45,12 +45,9 @@ def leaks(text: str, secret: str) -> list[str]:
 
 
 async def run_cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "notifier", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONIOENCODING": "utf-8"})
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    with kept_process_state():  # a fresh secrets registry, as in a new process
+        ran = await asyncio.to_thread(run, *args)
+    return ran.code, ran.out, ran.err
 
 
 COMMANDS = {
@@ -141,7 +138,7 @@ def test_the_state_really_held_what_was_scrubbed(state: State) -> None:
 
 @pytest.mark.parametrize("command", ["leads --json", "leads show --json"])
 def test_json_output_escapes_yet_keeps_every_character(state: State, command: str) -> None:
-    leads = json.loads(state.out[command])
+    leads = json.loads(state.out[command])["leads"]
     assert leads[0]["record"]["Name"] == HOSTILE  # lossless: the escapes decode to the lead's own text
     assert leads[0]["chatbot"] == BOT_NAME
     assert "\\u009b" in state.out[command] and "\\u202e" in state.out[command]

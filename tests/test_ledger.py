@@ -1,5 +1,5 @@
-"""The delivery ledger (`leads`, `leads show`) and `replay`, through the real command line and a
-real webhook receiver: "did we get that lead, and who was told?", and "send it again"."""
+"""The delivery ledger (`leads`, `leads show`) and `replay`, through the real command line (in
+process) and a real webhook receiver: "did we get that lead, and who was told?", and "send it again"."""
 
 from __future__ import annotations
 
@@ -14,7 +14,13 @@ from notifier.service import Service
 from notifier.simulator import Simulator
 
 from .conftest import SERIAL_A, Receiver, baselined, until, write_config
-from .test_service import run_cli
+from .test_cli_support import Ran, in_process_fixture  # noqa: F401
+from .test_cli_support import run_beside as _run_beside
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    ran: Ran = await _run_beside(*args)
+    return ran.code, ran.out, ran.err
 
 
 def two_sinks(receiver: Receiver, second: str = "") -> str:
@@ -45,7 +51,7 @@ async def test_leads_tell_who_was_told(simulator: tuple[Simulator, str], receive
     assert "baselined" in next(line for line in lines if str(old["SessionID"]) in line)
 
     code, out, _ = await run_cli("leads", "--json", "--chatbot", "alpha", "--config", str(path))
-    data = json.loads(out)
+    data = json.loads(out)["leads"]
     assert [d["session_id"] for d in data] == [new["SessionID"], old["SessionID"]]  # newest first
     assert data[0]["sinks"] == [{"sink": "crm", "state": "done", "attempts": 2, "last_error": None}]
     assert data[1]["notified"] is False and data[1]["sinks"] == []
@@ -58,7 +64,7 @@ async def test_leads_tell_who_was_told(simulator: tuple[Simulator, str], receive
     assert ledger.index("retry") < ledger.index("delivered")
 
     for args, expected in ((["--chatbot", "beta"], "0 leads"), (["--since", "2099-01-01"], "0 leads"),
-                           (["--session", str(old["SessionID"])], "1 leads")):
+                           (["--session", str(old["SessionID"])], "1 lead")):
         code, out, _ = await run_cli("leads", *args, "--config", str(path))
         assert code == 0 and expected in out
     code, _, err = await run_cli("leads", "show", "424242", "--config", str(path))

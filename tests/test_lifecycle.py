@@ -22,7 +22,13 @@ from notifier.simulator import Simulator
 from notifier.systemd import Notifier
 
 from .conftest import SERIAL_A, SERIAL_B, Receiver, until, write_config
-from .test_service import run_cli
+from .test_cli_support import Ran, in_process_fixture  # noqa: F401
+from .test_cli_support import run_beside as _run_beside
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    ran: Ran = await _run_beside(*args)
+    return ran.code, ran.out, ran.err
 
 
 def free_port() -> int:
@@ -168,7 +174,7 @@ async def test_admin_commands(simulator: tuple[Simulator, str], receiver: Receiv
     for _ in range(2):
         sim.add_lead(SERIAL_A)
     receiver.responses = [(410, {}, 0.0), (410, {}, 0.0)]
-    assert (await run_cli("once", "--config", str(config)))[0] == 0
+    assert await Service(load_config(config)).once() == []
     code, out, _ = await run_cli("outbox", "list", "--dead", "--config", str(config))
     assert code == 0 and "2 dead deliveries" in out and "permanent" in out
     code, out, _ = await run_cli("status", "--config", str(config))
@@ -178,13 +184,13 @@ async def test_admin_commands(simulator: tuple[Simulator, str], receiver: Receiv
     assert data["sinks"] == [{"name": "crm", "pending": 0, "held": 0, "dead": 2}]
     assert {c["name"]: c["new_today"] for c in data["chatbots"]} == {"alpha": 2, "beta": 0}
     code, out, _ = await run_cli("outbox", "list", "--dead", "--json", "--config", str(config))
-    ids = [row["id"] for row in json.loads(out)]
+    ids = [row["id"] for row in json.loads(out)["deliveries"]]
     code, out, _ = await run_cli("outbox", "retry", str(ids[0]), "--config", str(config))
-    assert code == 0 and "1 deliveries are due again" in out
-    assert (await run_cli("once", "--config", str(config)))[0] == 0
+    assert code == 0 and "1 delivery is due again" in out
+    assert await Service(load_config(config)).once() == []
     assert len(receiver.accepted) == 1
     code, out, _ = await run_cli("outbox", "purge", "--dead", "--older-than", "0", "--config", str(config))
-    assert code == 0 and "1 dead letters purged" in out
+    assert code == 0 and "1 dead letter purged" in out
     code, out, _ = await run_cli("state", "forget", "alpha", "--dry-run", "--config", str(config))
     assert code == 0 and "would forget 0 seen leads" in out  # both have a ledger: they stay
     code, out, _ = await run_cli("state", "forget", "alpha", "--config", str(config))

@@ -187,7 +187,7 @@ def test_the_due_queries_read_the_index_not_the_backlog(tmp_path: Path) -> None:
                           notify=[(lead, ("crm", "slack")) for lead in leads(*range(50))], silent=[])
         queries = [(Store.DUE_SQL, (NOW.timestamp(), 10)), (Store.NEXT_DUE_SQL, (NOW.timestamp(),))]
         for sql, args in queries:
-            plan = store.db.execute("EXPLAIN QUERY PLAN " + sql.format(marks="?"), ("crm", *args)).fetchall()
+            plan = store.db.execute("EXPLAIN QUERY PLAN " + sql.format(marks="?", only=""), ("crm", *args)).fetchall()
             text = " ".join(str(step[-1]) for step in plan)
             assert "outbox_pending" in text and "TEMP B-TREE" not in text, text
     finally:
