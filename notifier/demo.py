@@ -50,8 +50,9 @@ async def run_demo(duration: float | None, every: float = 3.0, interval: float =
     with tempfile.TemporaryDirectory(prefix="smarterbot-demo-") as state_dir:
         config = parse_config(demo_config(base_url, Path(state_dir), interval), "<demo>", env={})
         service = Service(config, stdout=sys.stdout)
-        print(f"demo: simulated LeadList API at {base_url}; existing leads are baselined, then a new "
-              f"lead arrives about every {every:g}s. Ctrl-C to stop.", file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError, ValueError):  # a closed stderr must not end the demo
+            print(f"demo: simulated LeadList API at {base_url}; existing leads are baselined, then a new "
+                  f"lead arrives about every {every:g}s. Ctrl-C to stop.", file=sys.stderr, flush=True)
         generator = asyncio.create_task(generate_leads(sim, list(SERIALS.values()), every, stop))
         timer = None
         if duration is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from notifier import cli
+from notifier import cliparser
 
 from .test_cli_support import Copy, copy_fixture, in_process_fixture, run, world_fixture  # noqa: F401
 
@@ -28,7 +28,7 @@ def commands() -> dict[str, argparse.ArgumentParser]:
                 for child, sub in action.choices.items():
                     walk(sub, f"{name} {child}".strip())
 
-    walk(cli._parser(), "")
+    walk(cliparser.build_parser(), "")
     return found
 
 

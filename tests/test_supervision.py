@@ -185,3 +185,29 @@ async def test_a_failed_start_is_one_error_naming_the_key_and_no_stopped_event(
         finally:
             logs.configure("info", "json", stream=io.StringIO())
     assert '"stopped"' not in buffer.getvalue() and '"started"' not in buffer.getvalue()
+
+
+async def test_a_closed_stderr_never_keeps_the_daemon_from_stopping(tmp_path: Path) -> None:
+    """Issue 13.1: once stderr was a broken pipe (`run 2>&1 | head -2`), `demo --duration` and
+    SIGTERM were ignored (stop() logged before it set its event) and the demo's temp directory
+    stayed behind. Here stderr's reader is gone from the start; the bound is generous."""
+    import os
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # every write to stderr now fails with EPIPE
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    try:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "notifier", "demo", "--duration", "1",
+                                                    "--every", "0.2", stdout=asyncio.subprocess.DEVNULL,
+                                                    stderr=write, env=env)
+    finally:
+        os.close(write)
+    try:
+        code = await asyncio.wait_for(proc.wait(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("smarterbot-demo-")] == []
