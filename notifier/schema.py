@@ -110,9 +110,13 @@ def migrate(db: sqlite3.Connection) -> None:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("COMMIT")
     except BaseException:
-        # SQLite may have rolled back already (a full disk does): a second error from ROLLBACK
-        # must not hide the one that tells what went wrong
-        with contextlib.suppress(sqlite3.Error):
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+        rollback(db)
         raise
+
+
+def rollback(db: sqlite3.Connection) -> None:
+    """After a failed statement. SQLite may have rolled back already (a full disk does): a second
+    error from ROLLBACK must not hide the one that tells what went wrong."""
+    with contextlib.suppress(sqlite3.Error):
+        if db.in_transaction:
+            db.execute("ROLLBACK")

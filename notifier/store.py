@@ -27,7 +27,7 @@ import structlog
 
 from .exceptions import StateError
 from .leads import lead_from_stored
-from .schema import APPLICATION_ID, SCHEMA_VERSION, migrate
+from .schema import APPLICATION_ID, SCHEMA_VERSION, migrate, rollback
 from .types import Delivery, Lead, LeadKey
 
 log = structlog.get_logger("notifier.store")
@@ -244,9 +244,7 @@ class Store:
                 yield db
                 db.execute("COMMIT")
             except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
+                rollback(db)
                 raise
             finally:
                 if durable:

@@ -203,9 +203,8 @@ class SlackStandIn:
         return web.json_response({"ok": True, "channel": "C1", "ts": "1.2"})
 
 
-@pytest.fixture
-async def slack() -> AsyncIterator[SlackStandIn]:
-    stand_in = SlackStandIn()
+async def serve_slack(stand_in: SlackStandIn) -> web.AppRunner:
+    """Serves a Slack stand-in's incoming webhook and chat.postMessage on loopback; sets its URLs."""
     app = web.Application()
     app.router.add_post("/services/T000/B000/XXXX", stand_in.webhook)
     app.router.add_post("/api/chat.postMessage", stand_in.post_message)
@@ -216,6 +215,13 @@ async def slack() -> AsyncIterator[SlackStandIn]:
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     stand_in.base = f"http://127.0.0.1:{port}/api/"
     stand_in.webhook_url = f"http://127.0.0.1:{port}/services/T000/B000/XXXX"
+    return runner
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[SlackStandIn]:
+    stand_in = SlackStandIn()
+    runner = await serve_slack(stand_in)
     yield stand_in
     await runner.cleanup()
 

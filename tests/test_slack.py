@@ -17,7 +17,7 @@ from notifier.sinks.base import SinkContext
 from notifier.sinks.slack import SlackConfig, SlackSink
 from notifier.types import Delivery
 
-from .conftest import SlackStandIn
+from .conftest import SlackStandIn, serve_slack
 
 HOSTILE = {
     "Type": "Lead", "SessionID": 7, "CreateTime": "2025-06-01T12:00:00Z",
@@ -232,16 +232,7 @@ class RawSlack(SlackStandIn):
 @pytest.fixture
 async def raw_slack() -> AsyncIterator[RawSlack]:
     stand_in = RawSlack()
-    app = web.Application()
-    app.router.add_post("/services/T000/B000/XXXX", stand_in.webhook)
-    app.router.add_post("/api/chat.postMessage", stand_in.post_message)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    stand_in.base = f"http://127.0.0.1:{port}/api/"
-    stand_in.webhook_url = f"http://127.0.0.1:{port}/services/T000/B000/XXXX"
+    runner = await serve_slack(stand_in)
     yield stand_in
     await runner.cleanup()
 
