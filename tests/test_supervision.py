@@ -211,3 +211,47 @@ async def test_a_closed_stderr_never_keeps_the_daemon_from_stopping(tmp_path: Pa
             await proc.wait()
     assert code == 0
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("smarterbot-demo-")] == []
+
+
+async def test_sigterm_stops_run_whose_stderr_is_closed(
+        simulator: tuple[Simulator, str], receiver: Receiver, tmp_path: Path) -> None:
+    """Issue 13.1: `run 2>&1 | head -2` — once stderr was a broken pipe, SIGTERM was ignored and only
+    SIGKILL ended the daemon. Here stderr's reader is gone before the daemon starts."""
+    import os
+    import signal
+    import sys
+
+    import aiohttp
+
+    from .test_lifecycle import free_port
+
+    _, url = simulator
+    port = free_port()
+    config = write_config(tmp_path, url, receiver.url, extra=f'[http]\nlisten = "127.0.0.1:{port}"\n')
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "notifier", "run", "--config", str(config),
+                                                    stdout=asyncio.subprocess.DEVNULL, stderr=write)
+    finally:
+        os.close(write)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def up() -> bool:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                        return response.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            for _ in range(300):  # bounded: about 30 s
+                if await up() or proc.returncode is not None:
+                    break
+                await asyncio.sleep(0.1)
+        assert proc.returncode is None, "the daemon did not start"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
