@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 
+import structlog
+
 from . import logs
 from .cliparser import PROG, BadUsage, build_parser, unknown_option, walk
 from .config import Config, config_path, load_config
@@ -79,10 +81,14 @@ def _main(argv: list[str]) -> int:
         _error(str(exc))
         return EXIT_CONFIG
     except ConfigError as exc:  # one line per problem: a file with several says them all
+        if args.command in DAEMONS:
+            return _fatal(exc, EXIT_CONFIG)
         problems = str(exc).splitlines()
         _error("config error: " + problems[0] if len(problems) == 1 else "config error:\n  " + "\n  ".join(problems))
         return EXIT_CONFIG
     except NotifierError as exc:
+        if args.command in DAEMONS:
+            return _fatal(exc, EXIT_FAILED)
         _error(str(exc))
         return EXIT_FAILED
     except sqlite3.Error as exc:  # an operator command's read of the state (a daemon holds a long write)
@@ -90,6 +96,23 @@ def _main(argv: list[str]) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+DAEMONS = ("run", "once")  # their stderr is a log (journald, docker): errors are log records too
+
+
+def _fatal(exc: NotifierError, code: int) -> int:
+    """A daemon that cannot go on says so as one error-level record in the chosen log format,
+    with the config key and line when a config value is to blame."""
+    lines = str(exc).splitlines() or [type(exc).__name__]
+    fields: dict[str, object] = {"error": lines[0]}
+    if isinstance(exc, ConfigError):
+        fields.update(key=exc.key, line=exc.line)
+        if len(lines) > 1:
+            fields["problems"] = lines
+    with contextlib.suppress(Exception):
+        structlog.get_logger("notifier").error("cannot continue", **fields)
+    return code
 
 
 async def _dispatch(args: argparse.Namespace) -> int:

@@ -255,3 +255,27 @@ async def test_sigterm_stops_run_whose_stderr_is_closed(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_fatal_start_error_is_one_record_in_the_chosen_format(
+        simulator: tuple[Simulator, str], receiver: Receiver, tmp_path: Path) -> None:
+    """Issue 13.11: with --log-format json the fatal error was printed as plain text after an
+    info-level `stopped`. Now it is one error-level JSON record naming the key and its line."""
+    import json
+    import socket
+
+    from .test_service import run_cli
+
+    _, url = simulator
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path, url, receiver.url, extra=f'[http]\nlisten = "127.0.0.1:{port}"\n')
+        code, _, err = await run_cli("run", "--log-format", "json", "--config", str(config))
+    records = [json.loads(line) for line in err.splitlines()]  # every line is JSON: nothing plain
+    assert code == 2
+    errors = [r for r in records if r["level"] == "error"]
+    assert len(errors) == 1 and errors[0]["key"] == "http.listen" and isinstance(errors[0]["line"], int)
+    assert "cannot listen" in errors[0]["error"]
+    assert not any(r["event"] == "stopped" for r in records)
