@@ -10,8 +10,10 @@ nothing, and the chatbot's existing leads are all notified as new once NTP corre
 
 So the wall clock is checked against two witnesses: the vendor's own `Date` header (the API's
 clock), and the monotonic clock since the wall clock was last confirmed (a step shows as a jump
-between the two). While either disagrees by more than `bound`, those three decisions wait;
-notifying what is clearly new goes on, and the request window follows the API's clock.
+between the two). When ours disagrees with the API's by more than `bound`, the poller takes the
+API's time for the window and for those decisions (what exists now, by the API's clock, is what
+a baseline records). When ours stepped and no Date can say which time is right, those decisions
+wait; notifying what is clearly new goes on.
 """
 
 from __future__ import annotations

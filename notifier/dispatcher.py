@@ -56,6 +56,7 @@ class Dispatcher:
         self.problem: str | None = None  # the state refuses writes: nothing new is sent
         self._problem_since = 0.0
         self._write_failures = 0
+        self.outages = 0  # how many times the state refused work: one log line each
         self._write_again_at = 0.0  # loop time of the next try to write the outcomes
         self._clock_offset: float | None = None  # wall minus monotonic, to notice clock steps
         self.stopping = False  # our own shutdown: a failure now is not the receiver's, nor an attempt
@@ -77,16 +78,25 @@ class Dispatcher:
     # -- scheduling ---------------------------------------------------------------------
     def start_due(self) -> int:
         """Start as many due deliveries as concurrency and pacing allow; returns how many started.
-        Each sink is asked separately, so a backlog on one paced sink never starves the others."""
+        Each sink is asked separately, so a backlog on one paced sink never starves the others.
+        While the state refuses work (outcomes unwritten, a failed read, its file gone) nothing
+        new starts; the state is tried again with backoff."""
         self.flush()
         self._pace_wait = None
-        if self.problem is not None:  # outcomes wait to be written: nothing new goes out
+        if self.problem is not None and (self._outcomes or self._waiting()):
             return 0
         try:
-            return self._start_due()
-        except StateError as exc:  # a read failed: the same pause as a failed write
+            if self.store.problem is not None:
+                raise StateError(self.store.problem)
+            started = self._start_due()
+        except StateError as exc:
             self._state_failed(str(exc))
             return 0
+        self._recovered(0)
+        return started
+
+    def _waiting(self) -> bool:
+        return asyncio.get_running_loop().time() < self._write_again_at
 
     def _start_due(self) -> int:
         loop = asyncio.get_running_loop()
@@ -119,37 +129,41 @@ class Dispatcher:
                 free -= 1
         return started
 
-    def flush(self) -> None:
+    def flush(self, *, last: bool = False) -> None:
         """Write the outcomes of finished attempts in one transaction per loop turn, not one per
         delivery. A crash before this commit can only repeat those deliveries (same webhook-id).
         If the state refuses the write (disk full, locked, file gone) the outcomes stay here and
         their rows stay busy, nothing new is sent, and the write is tried again with backoff."""
-        if not self._outcomes and self.problem is None:
-            return
-        loop = asyncio.get_running_loop()
-        if self.problem is not None and loop.time() < self._write_again_at:
+        if not self._outcomes or (self.problem is not None and self._waiting()):
             return
         try:
-            if self.store.problem is not None:
+            # the `last` write at exit goes into the open file even if it was deleted: the store
+            # saves that copy where the next start finds it, outcomes included
+            if self.store.problem is not None and not last:
                 raise StateError(self.store.problem)
-            if self._outcomes:
-                self.store.settle(self._outcomes)
+            self.store.settle(self._outcomes, force=last)
         except StateError as exc:
             self._state_failed(str(exc))
             return
         settled, self._outcomes = self._outcomes, []
         self._busy.difference_update(i for outcome in settled for i in outcome.ids)
-        if self.problem is not None:
-            log.warning("state accepts writes again; delivery resumes", recorded=len(settled),
-                        outage_seconds=round(loop.time() - self._problem_since, 1))
-            self.problem = None
-            self._write_failures = 0
+        self._recovered(len(settled))
+
+    def _recovered(self, recorded: int) -> None:
+        """The state took a write or answered a read again: the outage, if any, is over."""
+        if self.problem is None:
+            return
+        log.warning("state accepts writes again; delivery resumes", recorded=recorded,
+                    outage_seconds=round(asyncio.get_running_loop().time() - self._problem_since, 1))
+        self.problem = None
+        self._write_failures = 0
 
     def _state_failed(self, error: str) -> None:
         """One log line per outage, not one per try; the next try backs off."""
         loop = asyncio.get_running_loop()
         if self.problem is None:
             self._problem_since = loop.time()
+            self.outages += 1
             log.error("state refuses writes; no delivery is sent until it accepts them (outcomes already "
                       "known are kept and written then)", error=error, unrecorded=len(self._outcomes))
         self.problem = f"state: cannot record deliveries: {error}"
@@ -166,6 +180,7 @@ class Dispatcher:
         previous, self._clock_offset = self._clock_offset, offset
         if previous is not None and previous - offset > CLOCK_STEP:
             step = previous - offset
+            self.flush()  # retries known in memory are written first, then moved with the rest
             try:
                 moved = self.store.reschedule_after_clock_step(wall, step)
             except StateError as exc:
@@ -180,7 +195,11 @@ class Dispatcher:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until `stop` is set, then give in-flight deliveries the grace period."""
+        """Deliver until `stop` is set, then give in-flight deliveries the grace period. Safe to
+        run again after a failure (the supervisor restarts it): nothing of the last run's
+        shutdown carries over."""
+        self.stopping = False
+        self._pull_in_stranded()
         stopping = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
@@ -233,10 +252,26 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._write_again_at = 0.0
-        self.flush()
+        self.flush(last=True)
+        if self._outcomes:
+            log.error("outcomes of deliveries could not be recorded before exit; they will be sent again "
+                      "(same webhook-id)", count=sum(len(o.ids) for o in self._outcomes), error=self.problem)
+
+    def _pull_in_stranded(self) -> None:
+        """No delivery waits longer than MAX_RETRY_AFTER: one scheduled further out was scheduled
+        under a clock that was ahead (and maybe by another process, before a restart)."""
+        now = self.clock().timestamp()
+        try:
+            moved = self.store.pull_in(now, now + MAX_RETRY_AFTER + self.config.backoff_max)
+        except StateError:
+            return  # the loop's own handling says so
+        if moved:
+            log.warning("deliveries scheduled beyond any retry wait (a clock that was ahead) are due now",
+                        deliveries=moved)
 
     async def deliver_due(self) -> None:
         """Deliver everything due now, waiting for each to finish (the `once` command)."""
+        self._pull_in_stranded()
         while not self.stopping:
             started = self.start_due()
             self.flush()
@@ -255,7 +290,7 @@ class Dispatcher:
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
         self._write_again_at = 0.0  # a last try, whatever the backoff
-        self.flush()
+        self.flush(last=True)
         if self._outcomes:
             log.error("outcomes of deliveries could not be recorded before exit; they will be sent again "
                       "after the next start (same webhook-id)", count=sum(len(o.ids) for o in self._outcomes),

@@ -84,6 +84,11 @@ class StateError(NotifierError):
     """The state database cannot be used; the file is left exactly as it was."""
 
 
+class StateUnavailable(StateError):
+    """The state refused a write for a reason of its own (locked by another process, disk full,
+    I/O error), not because of what was written: trying the same data again now cannot help."""
+
+
 class DeliveryError(NotifierError):
     """Raised by a sink when it could not send. Sinks only say *whether* to retry;
     the dispatcher owns backoff, attempts and dead-lettering."""

@@ -134,17 +134,21 @@ class ChatbotPoller:
         answer = await self._fetch(window, self._digest if version == self._digest_version else None)
         if answer is None:
             return PollResult(unchanged=True)
-        trusted = self.clocks.observe(now, answer.server_time) is None
+        self.clocks.observe(now, answer.server_time)
         if (better := request_window(self.clocks.corrected(now), chatbot.lookback_days)) != window:
             window = better  # the answer changed what we know of our clock: ask again for the right days
             answer = await self._fetch(window, None)
             assert answer is not None
+        # Decisions that depend on "now" take the API's time when ours is known to be off (its
+        # Date header); only a step of ours that no Date can settle makes them wait.
+        reference = self.clocks.corrected(now)
+        trusted = self.clocks.problem is None or reference != now
         parsed = answer.records
         parsed = answer.records
         self._warn_skipped(parsed.skipped, parsed.naive_times)
         self._judge(len(parsed.leads), parsed.skipped)
         try:
-            result = await self._record(parsed.leads, window, now, trusted=trusted)
+            result = await self._record(parsed.leads, window, reference, trusted=trusted)
         except StateError as exc:
             raise StateError(f"chatbot {chatbot.name!r}: nothing recorded: {exc}") from None
         self._digest, self._digest_version = answer.body_digest, version
@@ -291,6 +295,7 @@ class ChatbotPoller:
         except StateError as exc:
             status.failures += 1
             status.last_error = str(exc)
+            status.retry_after = None  # the vendor's last wish is not this failure's
             log.error("poll failed", chatbot=self.chatbot.name, error=str(exc))
             return False
         except Exception as exc:  # a bug must not stop the other chatbots or this loop
@@ -298,6 +303,7 @@ class ChatbotPoller:
             # the exception's text may quote the vendor's record (a lead's name, email): it goes to
             # /readyz and the status file only by type, and its traceback (no locals) to the log
             status.last_error = f"internal error (a bug, please report it): {type(exc).__name__}"
+            status.retry_after = None
             log.error("poll failed with an internal error", chatbot=self.chatbot.name, error=type(exc).__name__)
             log.debug("internal error", chatbot=self.chatbot.name, exc_info=True)
             return False
@@ -310,6 +316,7 @@ class ChatbotPoller:
             log.info("poll recovered", chatbot=self.chatbot.name, after_failures=status.failures)
         status.failures = 0
         status.last_error = None
+        status.retry_after = None
         status.last_success = self.clock()
         if self.metrics is not None:
             self._series()[2].set(status.last_success.timestamp())

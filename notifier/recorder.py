@@ -6,15 +6,17 @@ themselves. So a poll with something to record joins the commit of the current l
 first to join schedules it): no poll waits longer than that turn, and a poll still returns only
 once its records are committed, so a finished poll means what it always meant.
 
-One poll's failure is never another's: when a shared commit fails, each poll of the group is
-written again in a transaction of its own, so only the guilty poll fails.
+One poll's failure is never another's: when a shared commit fails on a value one poll brought,
+each poll of the group is written again in a transaction of its own, so only the guilty poll
+fails. When it fails for the state's own reason (locked, full), no poll is retried: each would
+wait for the lock again, on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from .exceptions import StateError
+from .exceptions import StateError, StateUnavailable
 from .store import PollRecord, Store
 
 
@@ -40,16 +42,17 @@ class Recorder:
         try:
             counts = self.store.record_polls([poll for poll, _ in group])
         except StateError as exc:
-            if len(group) == 1:
-                _resolve(group[0][1], exc)
-            else:  # one poll may be to blame: each on its own, so the others still get through
-                for poll, future in group:
-                    try:
-                        _resolve(future, self.store.record_polls([poll])[0])
-                        self.commits += 1
-                        self.polls += 1
-                    except StateError as own:
-                        _resolve(future, own)
+            if len(group) == 1 or isinstance(exc, StateUnavailable):  # locked or full: it would fail for each
+                for _, future in group:
+                    _resolve(future, exc)
+                return
+            for poll, future in group:  # a value one poll brought: each on its own, the others get through
+                try:
+                    _resolve(future, self.store.record_polls([poll])[0])
+                    self.commits += 1
+                    self.polls += 1
+                except StateError as own:
+                    _resolve(future, own)
             return
         self.commits += 1
         self.polls += len(group)

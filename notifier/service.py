@@ -277,7 +277,12 @@ class Service:
         register_secrets(new.secrets)
         old_pollers = {p.chatbot.serial_number: p for p in self.pollers}
         old_sinks = self.dispatcher.sinks
-        self.dispatcher.sinks = self._sinks(new)
+        try:
+            sinks = self._sinks(new)
+        except Exception as exc:  # a sink the config check let through cannot be built: keep the old
+            log.error("reload failed; the running config stays", error=f"{type(exc).__name__}: {exc}")
+            return False
+        self.dispatcher.sinks = sinks
         self.dispatcher.config = new.delivery
         self.config = new
         await self._stop_polling()

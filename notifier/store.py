@@ -25,7 +25,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 
 import structlog
 
-from .exceptions import StateError
+from .exceptions import StateError, StateUnavailable
 from .leads import lead_from_stored
 from .schema import APPLICATION_ID, SCHEMA_VERSION, migrate, rollback
 from .types import Delivery, Lead, LeadKey
@@ -187,6 +187,8 @@ class Store:
         self._lock_fd = fd
 
     def close(self) -> None:
+        if self._lock_fd is not None:
+            self.verify()  # deleted since the last beat: still rescued
         copy = self._rescue() if self.problem is not None and self._lock_fd is not None else None
         with contextlib.suppress(sqlite3.Error):
             self._db.close()  # a clean close checkpoints into the old file and removes its -wal by name
@@ -230,10 +232,10 @@ class Store:
         return self._db
 
     @contextlib.contextmanager
-    def transaction(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+    def transaction(self, durable: bool = False, *, force: bool = False) -> Iterator[sqlite3.Connection]:
         """One write transaction. Nothing from sqlite3 leaves it: a failed write (disk full,
         locked, a value SQLite cannot store) is a StateError and nothing of it was written."""
-        if self.problem is not None:
+        if self.problem is not None and not force:
             raise StateError(self.problem)
         db = self._db
         try:
@@ -250,7 +252,9 @@ class Store:
                 if durable:
                     with contextlib.suppress(sqlite3.Error):
                         db.execute("PRAGMA synchronous = NORMAL")
-        except _WRITE_ERRORS as exc:
+        except sqlite3.OperationalError as exc:  # locked, full, I/O: the state's own trouble
+            raise StateUnavailable(f"state write failed: {exc}") from None
+        except _WRITE_ERRORS as exc:  # a value it cannot store: this write's trouble
             raise StateError(f"state write failed: {exc}") from None
 
     def verify(self) -> str | None:
@@ -417,9 +421,10 @@ class Store:
                                (*sinks, after)).fetchone()
         return None if row[0] is None else float(row[0])
 
-    def settle(self, outcomes: Sequence[Outcome]) -> None:
-        """Record the outcome of many attempts in one transaction (one per dispatcher turn)."""
-        with self.transaction() as db:
+    def settle(self, outcomes: Sequence[Outcome], *, force: bool = False) -> None:
+        """Record the outcome of many attempts in one transaction (one per dispatcher turn);
+        `force` writes even into a file deleted under us (at exit, before it is saved)."""
+        with self.transaction(force=force) as db:
             done = [(o.at, i) for o in outcomes if o.state == "done" for i in o.ids]
             retry = [(o.next_at, o.detail, o.at, i) for o in outcomes if o.state == "retry" for i in o.ids]
             dead = [(o.detail, o.at, i) for o in outcomes if o.state == "dead" for i in o.ids]
@@ -443,6 +448,12 @@ class Store:
 
     def mark_dead(self, ids: Sequence[int], now: float, error: str, status: str | None = None) -> None:
         self.settle([Outcome(tuple(ids), "dead", now, detail=error, status=status)])
+
+    def pull_in(self, now: float, latest: float) -> int:
+        """Pending deliveries due after `latest` become due `now`."""
+        with self.transaction() as db:
+            return db.execute("UPDATE outbox SET next_at = ?1 WHERE state = 'pending' AND next_at > ?2",
+                              (now, latest)).rowcount
 
     def reschedule_after_clock_step(self, now: float, step: float) -> int:
         """The wall clock went back by `step` seconds: retries scheduled under the old clock would

@@ -218,3 +218,19 @@ async def test_a_retry_scheduled_under_a_clock_40_days_ahead_is_due_when_the_clo
         stop.set()
         await asyncio.wait_for(task, 5)
     assert outbox(store)[0][:2] == ("done", 2)
+
+
+async def test_a_restarted_dispatcher_counts_failures_again(tmp_path: Path) -> None:
+    """Review: after the supervisor restarted run(), the last run's drain had left `stopping` set,
+    so every retryable failure was taken for shutdown: no backoff, no attempt, resent at once."""
+    sink = ScriptedSink("crm", [RetryableError("503")] * 3)
+    store, dispatcher, _ = setup(tmp_path, sink)
+    stop = asyncio.Event()
+    dispatcher.stopping = True  # as the failed run's drain() leaves it
+    task = asyncio.create_task(dispatcher.run(stop))
+    try:
+        await until(lambda: outbox(store)[0][1] == 1, what="the failure recorded as an attempt")
+        assert outbox(store)[0][0] == "pending" and outbox(store)[0][2] > dispatcher.clock().timestamp()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)

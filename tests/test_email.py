@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -140,3 +141,17 @@ def test_default_ports_follow_security() -> None:
         assert config.port == port
 
 
+
+
+def test_a_ca_file_that_is_not_pem_is_a_config_error_on_its_key(tmp_path: Path) -> None:
+    """Review: `check` accepted any existing file, then `run` crashed with an ssl.SSLError traceback."""
+    from notifier.config import parse_config
+    from notifier.exceptions import ConfigError
+
+    bogus = tmp_path / "ca.pem"
+    bogus.write_text("not a certificate\n")
+    text = (f'[api]\napi_key = "k"\n\n[sinks.mail]\ntype = "email"\nhost = "127.0.0.1"\nsecurity = "tls"\n'
+            f'from = "n@example.com"\nto = ["s@example.com"]\nca_file = "{bogus}"\n\n'
+            '[[chatbots]]\nname = "a"\nserial_number = "s"\n')
+    with pytest.raises(ConfigError, match=r"sinks\.mail\.ca_file: .* holds no usable CA certificate"):
+        parse_config(text)

@@ -300,9 +300,11 @@ async def test_a_clock_40_days_ahead_and_back_loses_no_lead_and_rewrites_no_hist
     assert notified == {old["SessionID"]: 0, meanwhile["SessionID"]: 1, late["SessionID"]: 1}
 
 
-async def test_a_first_start_ten_years_behind_baselines_once_the_clock_is_right(env: dict[str, object]) -> None:
+async def test_a_first_start_ten_years_behind_baselines_by_the_apis_clock(env: dict[str, object]) -> None:
     """Issue 12.4: a first start with the clock 10 years behind baselined an empty window; once
-    NTP corrected it, the chatbot's three existing leads were notified as new."""
+    NTP corrected it, the chatbot's three existing leads were notified as new. Now the baseline
+    follows the API's Date, so it holds what exists, and a lead created while our clock is still
+    wrong is notified (review: waiting for the clock baselined it silently)."""
     sim, store = env["sim"], env["store"]
     assert isinstance(sim, Simulator) and isinstance(store, Store)
     sim.clock = Clock(NOW)
@@ -310,10 +312,12 @@ async def test_a_first_start_ten_years_behind_baselines_once_the_clock_is_right(
     ours = Clock(NOW - timedelta(days=3650))
     poller = make_poller(env, clock=ours)
     result = await poller.poll_once()
-    assert (result.new, result.baselined) == (0, 0) and store.coverage(SERIAL_A) is None  # waits for the clock
-    ours.now = NOW
-    result = await poller.poll_once()
     assert (result.new, result.baselined) == (0, len(existing))
-    fresh = sim.add_lead(SERIAL_A)
+    fresh = sim.add_lead(SERIAL_A)  # our clock is still ten years behind
     assert (await poller.poll_once()).new == 1
-    assert queued_sessions(store) == [fresh["SessionID"]]
+    ours.now = NOW  # NTP corrects it: nothing old turns new
+    late = sim.add_lead(SERIAL_A)
+    assert (await poller.poll_once()).new == 1
+    queued = store.db.execute("SELECT l.session_id FROM outbox o JOIN leads l ON l.id = o.lead_id "
+                              "ORDER BY l.session_id").fetchall()
+    assert queued == [(fresh["SessionID"],), (late["SessionID"],)]

@@ -209,3 +209,20 @@ def test_prune_drops_old_attempts_and_keeps_leads_for_the_ledger(tmp_path: Path)
     assert store.prune("serial", horizon, ledger_before=NOW.timestamp() + 3600) == 1
     assert store.db.execute("SELECT count(*) FROM attempts").fetchone()[0] == 0
     store.close()
+
+
+def test_a_file_deleted_since_the_last_beat_is_still_saved_at_close(tmp_path: Path) -> None:
+    """Review: close() saved the daemon's copy only if a beat had already noticed the deletion."""
+    store = Store(tmp_path / "s.db")
+    (a,) = leads(1)
+    store.record_poll(serial="serial", chatbot="bot", covered_from_us=0, detected_at=NOW,
+                      notify=[(a, ("crm",))], silent=[])
+    for path in tmp_path.glob("s.db*"):
+        if not path.name.endswith(".lock"):
+            path.unlink()
+    store.close()
+    again = Store(tmp_path / "s.db")
+    try:
+        assert [d.lead.key for d in again.due(NOW.timestamp(), ["crm"], 10)] == [a.key]
+    finally:
+        again.close()

@@ -97,6 +97,9 @@ async def test_a_state_read_error_pauses_delivery_visibly_and_it_resumes(
         service.store.db.execute("ALTER TABLE outbox RENAME TO outbox_away")  # every due query now fails
         service.dispatcher.wake()
         await until(lambda: any(p.startswith("delivery: ") for p in service.problems()), what="the problem shown")
+        dispatcher = service.dispatcher
+        await until(lambda: dispatcher._write_failures >= 3, what="three tries of the state")
+        assert dispatcher.outages == 1  # one log line for the outage, not one per try
         service.store.db.execute("ALTER TABLE outbox_away RENAME TO outbox")
         lead = sim.add_lead(SERIAL_A)
         await until(lambda: [int(r.json["data"]["lead"]["SessionID"]) for r in receiver.accepted]

@@ -70,14 +70,28 @@ class EmailConfig(SinkConfig):
         except ValueError as exc:
             table.report("timezone", str(exc))
         ca_file = table.text("ca_file", None)
-        if ca_file is not None and not Path(ca_file).is_file():
-            table.report("ca_file", f"{ca_file} is not a readable file")
+        if ca_file is not None:
+            problem = _ca_problem(ca_file)
+            if problem is not None:
+                table.report("ca_file", problem)
         return cls(**cls.common(name, table), host=table.text("host"),
                    port=table.number("port", DEFAULT_PORTS[security], minimum=1, maximum=65535, integer=True),
                    security=security, username=username, password=password, sender=sender, to=to,
                    subject=one_line(table.text("subject", "[SmarterBot]", allow_empty=True), 100),
                    timezone=zone, timeout=table.number("timeout", 30.0, minimum=1, maximum=600), ca_file=ca_file,
                    digest_after=cls.digest_setting(table))
+
+
+def _ca_problem(ca_file: str) -> str | None:
+    """Whether `ca_file` makes a TLS context, checked when the config is read: a file that is not
+    PEM, or not readable, is a config error on its key rather than a traceback at the first send."""
+    if not Path(ca_file).is_file():
+        return f"{ca_file} is not a readable file"
+    try:
+        ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        return f"{ca_file} holds no usable CA certificate ({safe_text(str(exc), 120)})"
+    return None
 
 
 def _lead_lines(delivery: Delivery, zone: tzinfo) -> list[tuple[str, str]]:
