@@ -183,6 +183,7 @@ class Service:
             self._polling.cancel()
             await asyncio.gather(self._polling, return_exceptions=True)
             self._polling = None
+            self.supervisor.problems.pop("polls", None)  # the next scheduler starts with a clean slate
 
     def problems(self) -> list[str]:
         """What keeps the daemon from doing its work, beside chatbots whose polls fail (readiness)."""

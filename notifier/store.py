@@ -241,14 +241,14 @@ class Store:
         try:
             if durable:
                 db.execute("PRAGMA synchronous = FULL")
-            db.execute("BEGIN IMMEDIATE")
             try:
+                db.execute("BEGIN IMMEDIATE")
                 yield db
                 db.execute("COMMIT")
             except BaseException:
                 rollback(db)
                 raise
-            finally:
+            finally:  # also when BEGIN failed (locked): later commits must not all fsync
                 if durable:
                     with contextlib.suppress(sqlite3.Error):
                         db.execute("PRAGMA synchronous = NORMAL")
