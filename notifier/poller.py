@@ -30,7 +30,7 @@ from .api import LeadListAnswer, LeadListClient
 from .clockcheck import ClockCheck
 from .config import ChatbotConfig
 from .exceptions import ApiError, StateError
-from .leads import SkippedRecord, to_micros
+from .leads import ParsedRecords, SkippedRecord, to_micros
 from .metrics import Metrics
 from .recorder import Recorder
 from .sinks import SinkConfig
@@ -60,6 +60,13 @@ def _window(today: date, lookback_day: date) -> Window:
     end = today + timedelta(days=2)
     horizon = datetime.combine(start, time(0), UTC) - EARLIEST_OFFSET
     return Window(start, end, to_micros(horizon))
+
+
+def _merged(first: ParsedRecords, second: ParsedRecords) -> ParsedRecords:
+    """Two answers as one: a lead in both is kept once."""
+    keys = {lead.key for lead in first.leads}
+    return ParsedRecords(first.leads + [lead for lead in second.leads if lead.key not in keys],
+                         first.skipped + second.skipped, first.naive_times + second.naive_times)
 
 
 @dataclass
@@ -135,23 +142,30 @@ class ChatbotPoller:
         if answer is None:
             return PollResult(unchanged=True)
         self.clocks.observe(now, answer.server_time)
-        if (better := request_window(self.clocks.corrected(now), chatbot.lookback_days)) != window:
-            window = better  # the answer changed what we know of our clock: ask again for the right days
-            answer = await self._fetch(window, None)
-            assert answer is not None
-        # Decisions that depend on "now" take the API's time when ours is known to be off (its
-        # Date header); only a step of ours that no Date can settle makes them wait.
+        # While our clock and the API's disagree, both windows are asked (two requests, each of
+        # bounded size): whichever clock is wrong, a new lead is found. A baseline records what
+        # the API has now; coverage and the floor below which records are ignored take the
+        # earlier of the two horizons, so no lead is left out. Pruning waits until the clocks
+        # agree; a step of ours that no Date can settle makes the baseline wait too.
         reference = self.clocks.corrected(now)
-        trusted = self.clocks.problem is None or reference != now
+        windows = {request_window(now, chatbot.lookback_days), request_window(reference, chatbot.lookback_days)}
         parsed = answer.records
-        parsed = answer.records
+        for other in windows - {window}:
+            extra = await self._fetch(other, None)
+            assert extra is not None
+            parsed = _merged(parsed, extra.records)
+        floor = min(w.horizon_us for w in windows | {window})
+        baseline_ok = self.clocks.problem is None or reference != now
         self._warn_skipped(parsed.skipped, parsed.naive_times)
         self._judge(len(parsed.leads), parsed.skipped)
         try:
-            result = await self._record(parsed.leads, window, reference, trusted=trusted)
+            result = await self._record(parsed.leads, floor, now, baseline_ok=baseline_ok,
+                                        prune_ok=self.clocks.problem is None)
         except StateError as exc:
             raise StateError(f"chatbot {chatbot.name!r}: nothing recorded: {exc}") from None
-        self._digest, self._digest_version = answer.body_digest, version
+        # one window asked, one answer: the next byte-identical answer needs no work
+        self._digest = answer.body_digest if len(windows) == 1 and window in windows else None
+        self._digest_version = version
         return PollResult(records=len(parsed.leads), skipped=len(parsed.skipped), new=result[0],
                           baselined=result[1], queued=result[2])
 
@@ -161,14 +175,15 @@ class ChatbotPoller:
                                        api_key=chatbot.api_key, start=window.start, end=window.end,
                                        previous_digest=previous_digest)
 
-    async def _record(self, leads: list[Lead], window: Window, now: datetime, *,
-                      trusted: bool = True) -> tuple[int, int, int]:
-        """Seen keys and deliveries of one answer. Under a clock that cannot be `trusted`
-        (clockcheck.py) only what is clearly new is notified; leads the chatbot was not yet
-        watching wait, and neither coverage nor pruning moves."""
+    async def _record(self, leads: list[Lead], horizon_us: int, now: datetime, *,
+                      baseline_ok: bool = True, prune_ok: bool = True) -> tuple[int, int, int]:
+        """Seen keys and deliveries of one answer; records before `horizon_us` are ignored (no
+        window can return them). Without `baseline_ok` (clockcheck.py) only what is clearly new is
+        notified and leads the chatbot was not yet watching wait; without `prune_ok` no key is
+        pruned and coverage does not move up."""
         chatbot = self.chatbot
         serial = chatbot.serial_number
-        leads = [lead for lead in leads if lead.key.created_us >= window.horizon_us]
+        leads = [lead for lead in leads if lead.key.created_us >= horizon_us]
         coverage = self.store.coverage(serial)
         seen = self.store.seen_since(serial, min(lead.key.created_us for lead in leads)) if leads else set()
         notify: list[tuple[Lead, tuple[str, ...]]] = []
@@ -177,18 +192,18 @@ class ChatbotPoller:
             if (lead.key.session_id, lead.key.created_us) in seen:
                 continue
             unwatched = coverage is None or lead.key.created_us < coverage
-            if unwatched and not trusted:  # baselined or not: decided once the clock is right
+            if unwatched and not baseline_ok:  # baselined or not: decided once the clock is settled
                 continue
             if unwatched and chatbot.first_run == "baseline":
                 silent.append(lead)
             else:
                 notify.append((lead, self.routes(lead)))
         queued = 0
-        if not trusted and not notify:
+        if not baseline_ok and not notify:
             pass  # nothing clearly new; everything else waits for the clock
-        elif notify or silent or coverage is None or coverage > window.horizon_us:
+        elif notify or silent or coverage is None or coverage > horizon_us:
             batches, held = self._plan(notify)
-            covered = window.horizon_us if trusted or coverage is None else coverage
+            covered = horizon_us if baseline_ok or coverage is None else coverage
             queued = await self._recorder.record(PollRecord(
                 serial=serial, chatbot=chatbot.name, covered_from_us=covered, detected_at=now,
                 notify=notify, silent=silent, batches=batches, held=held,
@@ -197,8 +212,8 @@ class ChatbotPoller:
             if coverage is None:
                 log.info("chatbot baselined", chatbot=chatbot.name, existing=len(silent) + len(notify),
                          first_run=chatbot.first_run)
-        elif coverage < window.horizon_us:
-            pruned = self.store.prune(serial, window.horizon_us,
+        elif prune_ok and coverage < horizon_us:
+            pruned = self.store.prune(serial, horizon_us,
                                       ledger_before=now.timestamp() - self.ledger_days * 86_400)
             log.debug("pruned seen keys", chatbot=chatbot.name, pruned=pruned)
         if notify:

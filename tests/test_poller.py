@@ -321,3 +321,18 @@ async def test_a_first_start_ten_years_behind_baselines_by_the_apis_clock(env: d
     queued = store.db.execute("SELECT l.session_id FROM outbox o JOIN leads l ON l.id = o.lead_id "
                               "ORDER BY l.session_id").fetchall()
     assert queued == [(fresh["SessionID"],), (late["SessionID"],)]
+
+
+async def test_an_api_whose_date_is_40_days_ahead_loses_no_lead_either(env: dict[str, object]) -> None:
+    """The API's Date is a witness, not the truth: with it 40 days ahead and our clock right, both
+    windows are asked, so the lead created now is found and notified, not baselined or ignored."""
+    sim, store = env["sim"], env["store"]
+    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    sim.add_lead(SERIAL_A, created=NOW - timedelta(hours=1))
+    sim.clock = Clock(NOW + timedelta(days=40))  # only its Date header and default CreateTime
+    poller = make_poller(env, clock=Clock(NOW))
+    result = await poller.poll_once()
+    assert (result.new, result.baselined) == (0, 1) and poller.clocks.problem is not None
+    lead = sim.add_lead(SERIAL_A, created=NOW + timedelta(minutes=1))
+    assert (await poller.poll_once()).new == 1
+    assert queued_sessions(store) == [lead["SessionID"]]
