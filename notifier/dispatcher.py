@@ -251,11 +251,17 @@ class Dispatcher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._write_last()
+
+    def _write_last(self) -> None:
+        """At exit: one last try to write what is known, whatever the backoff, into the open file
+        even if it was deleted (the store saves that copy). What still fails is said once."""
         self._write_again_at = 0.0
         self.flush(last=True)
         if self._outcomes:
             log.error("outcomes of deliveries could not be recorded before exit; they will be sent again "
-                      "(same webhook-id)", count=sum(len(o.ids) for o in self._outcomes), error=self.problem)
+                      "after the next start (same webhook-id)", count=sum(len(o.ids) for o in self._outcomes),
+                      error=self.problem)
 
     def _pull_in_stranded(self) -> None:
         """No delivery waits longer than MAX_RETRY_AFTER: one scheduled further out was scheduled
@@ -289,12 +295,7 @@ class Dispatcher:
         pending: set[asyncio.Task[None]] = set()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-        self._write_again_at = 0.0  # a last try, whatever the backoff
-        self.flush(last=True)
-        if self._outcomes:
-            log.error("outcomes of deliveries could not be recorded before exit; they will be sent again "
-                      "after the next start (same webhook-id)", count=sum(len(o.ids) for o in self._outcomes),
-                      error=self.problem)
+        self._write_last()
         if pending:
             log.warning("deliveries still in flight at shutdown; left pending for the next start",
                         count=len(pending))

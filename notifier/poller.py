@@ -280,12 +280,12 @@ class ChatbotPoller:
         self.status.degraded = degraded
 
     def _warn_skipped(self, skipped: list[SkippedRecord], naive: int) -> None:
-        for index, _, reason in ((s.index, s.code, s.reason) for s in skipped):
-            if reason not in self._warned:
+        for record in skipped:
+            if record.reason not in self._warned:
                 if len(self._warned) > 1000:
                     self._warned.clear()
-                self._warned.add(reason)
-                log.warning("record skipped", chatbot=self.chatbot.name, index=index, reason=reason)
+                self._warned.add(record.reason)
+                log.warning("record skipped", chatbot=self.chatbot.name, index=record.index, reason=record.reason)
         if naive and "naive" not in self._warned:
             self._warned.add("naive")
             log.warning("CreateTime without timezone offset, read as UTC", chatbot=self.chatbot.name,
