@@ -28,7 +28,8 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from notifier.leads import parse_records
 from notifier.simulator import Simulator, start_simulator
-from notifier.store import Store
+from notifier.state import PollRecord
+from notifier.state.sqlite import SQLiteState
 
 KEY = "bench-key"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -185,32 +186,37 @@ def dedup_cost(records: int, out: dict[str, Any]) -> None:
     gc.collect()  # not the scenarios' leftovers (the daemon settles its own heap the same way)
     data = [{"Type": "Lead", "SessionID": i, "CreateTime": f"2025-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}.{i:06d}Z",
              "Name": "n", "Email": "e@x.org", "Content": "hello"} for i in range(records)]
-    with tempfile.TemporaryDirectory() as tmp:
-        store = Store(Path(tmp) / "s.db")
+    async def measure(store: SQLiteState) -> None:
         start = time.perf_counter()
         leads = parse_records("serial", data).leads
-        seen = store.seen_since("serial", 0)
+        seen = await store.seen_since("serial", 0)
         new = [(lead, ("hook",)) for lead in leads if (lead.key.session_id, lead.key.created_us) not in seen]
-        store.record_poll(serial="serial", chatbot="bot", covered_from_us=0, detected_at=datetime.now(UTC),
-                          notify=new, silent=[])
+        await store.record_poll(PollRecord(serial="serial", chatbot="bot", covered_from_us=0,
+                                           detected_at=datetime.now(UTC), notify=new, silent=[]))
         out["dedup_records"] = records
         out["dedup_enqueue_s"] = time.perf_counter() - start
-        store.close()
+        await store.close()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(measure(SQLiteState(Path(tmp) / "s.db")))
 
 
 def state_size(keys: int, out: dict[str, Any]) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "s.db"
-        store = Store(path)
+    async def fill(store: SQLiteState) -> None:
         batch = 10_000
         for offset in range(0, keys, batch):
             data = [{"Type": "Lead", "SessionID": i, "CreateTime": "2025-01-01T00:00:00Z", "Name": "Ana Silva",
                      "Email": "ana@example.org", "Content": "Do you ship to Canada?"}
                     for i in range(offset, min(keys, offset + batch))]
-            store.record_poll(serial="serial", chatbot="bot", covered_from_us=0, detected_at=datetime.now(UTC),
-                              notify=[], silent=parse_records("serial", data).leads)
-        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        store.close()
+            await store.record_poll(PollRecord(serial="serial", chatbot="bot", covered_from_us=0,
+                                               detected_at=datetime.now(UTC), notify=[],
+                                               silent=parse_records("serial", data).leads))
+        store.file.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        await store.close()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "s.db"
+        asyncio.run(fill(SQLiteState(path)))
         out["state_keys"] = keys
         out["state_file_mb"] = path.stat().st_size / 1e6
 

@@ -1,33 +1,21 @@
-"""Operator commands that read or repair the state file beside (or without) a running daemon:
-`status`, `outbox list|retry|purge`, `state forget`. They never take the daemon's lock; SQLite's
-WAL lets them run while it works, and the daemon picks up retried rows within seconds."""
+"""Operator commands that read or repair the state beside (or without) a running daemon:
+`status`, `outbox list|retry|purge`, `state forget`. They never take the daemon's lock (SQLite's
+WAL, or PostgreSQL, lets them run while it works), and the daemon picks up retried deliveries
+within seconds."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, time, timedelta
 from typing import IO, Any
 
-from . import history
+from . import wording
 from .config import Config
-from .exceptions import NotifierError, StateError, UsageError
+from .exceptions import NotifierError, UsageError
 from .health import verdict
-from .history import OutboxRow
 from .leads import from_micros
-from .service import status_path
-from .store import SinkCounts, Store, lock_holder
+from .state import OutboxRow, Parked, SinkCounts, Unsettled, open_state
 from .text import safe_json, safe_text, scrubbed
-
-
-def open_store(config: Config) -> Store:
-    path = config.state_path
-    if not path.exists():
-        problem = history.state_location_problem(path)
-        raise StateError(f"state file {path}: {problem}" if problem else
-                         f"state file {path} does not exist yet (`run` or `once` creates it)")
-    return Store(path, lock=False, create=False)
 
 
 def _moment(value: Any) -> datetime | None:
@@ -41,21 +29,20 @@ def _moment(value: Any) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def status(config: Config, now: datetime) -> dict[str, Any]:
-    store = open_store(config)
+async def status(config: Config, now: datetime) -> dict[str, Any]:
+    store = await open_state(config, "operator")
     try:
         midnight = datetime.combine(now.date(), time(0), UTC)
-        today = store.new_since(midnight)
-        counts = store.sink_counts()
-        known = store.chatbots()
+        today = await store.new_since(midnight)
+        counts = await store.sink_counts()
+        known = await store.chatbots()
+        instances = await store.instances(now.timestamp())
     finally:
-        store.close()
-    live: Any = {}
-    with contextlib.suppress(OSError, ValueError):
-        live = json.loads(status_path(config.state_path).read_text())
-    if not isinstance(live, dict):
-        live = {}
-    pid = lock_holder(config.state_path)
+        await store.close()
+    # the daemon that runs, or else the last one that ran: its own view of its last polls
+    daemon = max(instances, key=lambda i: (i.alive, i.heartbeat), default=None)
+    live: dict[str, Any] = daemon.status if daemon is not None else {}
+    pid = daemon.pid if daemon is not None and daemon.alive else None
     chatbots = []
     for chatbot in config.chatbots:
         info = live.get("chatbots", {}).get(chatbot.name, {})
@@ -68,8 +55,8 @@ def status(config: Config, now: datetime) -> dict[str, Any]:
         else:  # no live status: the state file still says whether it was ever polled
             result = "baselined" if chatbot.serial_number in known else "never polled"
         chatbots.append({"name": chatbot.name, "serial_number": chatbot.serial_number,
-                         "last_poll": last_poll and history.iso(last_poll),
-                         "last_success": success and history.iso(success),
+                         "last_poll": last_poll and wording.iso(last_poll),
+                         "last_success": success and wording.iso(success),
                          "result": result, "new_today": today.get(chatbot.serial_number, 0)})
     sinks: list[dict[str, Any]] = []
     for name in [*config.sinks, *sorted(set(counts) - set(config.sinks))]:
@@ -77,9 +64,10 @@ def status(config: Config, now: datetime) -> dict[str, Any]:
         sinks.append({"name": name, "pending": count.pending, "held": count.held, "dead": count.dead}
                      | ({} if name in config.sinks else {"note": "not in the config"}))
     written = _moment(live.get("written"))
-    return {"now": history.iso(now),
-            "daemon": {"running": pid is not None, "pid": pid, "status_written": written and history.iso(written),
-                       "problems": live.get("problems", []) if pid is not None else []},
+    return {"now": wording.iso(now),
+            "daemon": {"running": pid is not None, "pid": pid, "status_written": written and wording.iso(written),
+                       "problems": live.get("problems", []) if pid is not None else []}
+            | ({"host": daemon.host} if daemon is not None and config.state_url is not None else {}),
             "chatbots": chatbots, "sinks": sinks}
 
 
@@ -90,7 +78,7 @@ def print_status_json(data: dict[str, Any], out: IO[str]) -> None:
 def _when_and_age(value: str | None, now: datetime) -> str:
     """`2026-11-24T20:10:50Z (12s ago)`, or `-`."""
     moment = _moment(value)
-    return "-" if moment is None else f"{history.iso(moment)} ({history.age(moment, now)})"
+    return "-" if moment is None else f"{wording.iso(moment)} ({wording.age(moment, now)})"
 
 
 def print_status(data: dict[str, Any], out: IO[str]) -> None:
@@ -124,16 +112,16 @@ def table(rows: Sequence[tuple[str, ...]], out: IO[str]) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out)
 
 
-def outbox_list(config: Config, out: IO[str], *, state: history.Unsettled, sink: str | None,
+async def outbox_list(config: Config, out: IO[str], *, state: Unsettled, sink: str | None,
                 as_json: bool, limit: int = 1000) -> int:
     check_sink(config, sink)
     out = scrubbed(out)
-    store = open_store(config)
+    store = await open_state(config, "operator")
     try:
-        rows = history.outbox(store, state=state, sink=sink, limit=limit)
-        counts = [c for name, c in store.sink_counts().items() if sink in (None, name)]
+        rows = await store.outbox(state=state, sink=sink, limit=limit)
+        counts = [c for name, c in (await store.sink_counts()).items() if sink in (None, name)]
     finally:
-        store.close()
+        await store.close()
     total = sum(getattr(c, state) for c in counts)
     held = sum(c.held for c in counts)
     if as_json:
@@ -145,25 +133,25 @@ def outbox_list(config: Config, out: IO[str], *, state: history.Unsettled, sink:
               "SESSION", "LAST ERROR")]
     for row in rows:
         lines.append((str(row.id), safe_text(row.sink, 40), str(row.attempts),
-                      history.iso(row.next_at if state == "pending" else row.updated_at),
+                      wording.iso(row.next_at if state == "pending" else row.updated_at),
                       safe_text(row.chatbot, 40), safe_text(row.type, 20), str(row.session_id),
                       safe_text(row.last_error or "", 100)))
     table(lines, out)
     shown = f"{len(rows)} of {total} {state} deliveries (the oldest; --limit shows more)" if len(rows) < total \
-        else history.plural(len(rows), f"{state} delivery", f"{state} deliveries")
+        else wording.plural(len(rows), f"{state} delivery", f"{state} deliveries")
     print(shown + (f" ({held} more held by the flood guard: --held)" if state == "pending" and held else ""), file=out)
     return len(rows)
 
 
 def _as_dict(row: OutboxRow) -> dict[str, Any]:
     return {"id": row.id, "sink": row.sink, "state": row.state, "attempts": row.attempts,
-            "next_at": history.iso(row.next_at), "updated_at": history.iso(row.updated_at),
+            "next_at": wording.iso(row.next_at), "updated_at": wording.iso(row.updated_at),
             "last_error": row.last_error, "chatbot": row.chatbot, "serial_number": row.serial, "type": row.type,
-            "session_id": row.session_id, "created": history.iso(from_micros(row.created_us)),
+            "session_id": row.session_id, "created": wording.iso(from_micros(row.created_us)),
             "webhook_id": row.webhook_id}
 
 
-def outbox_retry(config: Config, out: IO[str], *, ids: list[int], state: history.Parked | None,
+async def outbox_retry(config: Config, out: IO[str], *, ids: list[int], state: Parked | None,
                  sink: str | None) -> int:
     """Deliveries due now with a fresh attempt budget: the ids given, every dead or held one (of
     --sink), or, with only --sink, that sink's pending ones. Ids that are not there, already
@@ -174,22 +162,23 @@ def outbox_retry(config: Config, out: IO[str], *, ids: list[int], state: history
         raise UsageError("give delivery IDs or --dead / --held, not both")
     if not ids and state is None and sink is None:
         raise UsageError("outbox retry needs delivery IDs, --dead, --held or --sink NAME (its pending deliveries)")
-    store = open_store(config)
+    store = await open_state(config, "operator")
     try:
         now = datetime.now(UTC).timestamp()
         if ids:
-            result = history.requeue_ids(store, now, ids, sink=sink)
+            result = await store.requeue_ids(now, ids, sink=sink)
             count = len(result.due)
         else:
             result = None
-            count = history.requeue(store, now, state=state or "pending", sink=sink)
+            count = await store.requeue(now, state=state or "pending", sink=sink)
+        running = any(i.alive for i in await store.instances(now))
     finally:
-        store.close()
+        await store.close()
     what = {"dead": "dead ", "held": "held ", None: ""}[state] if not ids else ""
     them = "it" if count == 1 else "them"
-    sender = (f"a running daemon sends {them} within 5 s" if lock_holder(config.state_path) is not None
+    sender = (f"a running daemon sends {them} within 5 s" if running
               else f"no daemon is running: the next `run` or `once` sends {them}")
-    print(f"{history.plural(count, what + 'delivery', what + 'deliveries')} "
+    print(f"{wording.plural(count, what + 'delivery', what + 'deliveries')} "
           f"{'is' if count == 1 else 'are'} due again" + (f" ({sender})" if count else ""), file=scrubbed(out))
     if result is not None:
         refused = [f"{', '.join(map(str, found))} {why}" for found, why in (
@@ -201,33 +190,33 @@ def outbox_retry(config: Config, out: IO[str], *, ids: list[int], state: history
     return count
 
 
-def outbox_purge(config: Config, out: IO[str], *, state: history.Parked, older_than_days: float | None,
+async def outbox_purge(config: Config, out: IO[str], *, state: Parked, older_than_days: float | None,
                  sink: str | None) -> int:
     check_sink(config, sink)
     cutoff = None if older_than_days is None else (
         datetime.now(UTC) - timedelta(days=older_than_days)).timestamp()
-    store = open_store(config)
+    store = await open_state(config, "operator")
     try:
-        count = history.purge(store, state, cutoff, sink)
+        count = await store.purge(state, cutoff, sink)
     finally:
-        store.close()
-    what = history.plural(count, "dead letter") if state == "dead" else history.plural(count, "held delivery",
+        await store.close()
+    what = wording.plural(count, "dead letter") if state == "dead" else wording.plural(count, "held delivery",
                                                                                           "held deliveries")
     print(f"{what} purged (their leads stay seen and are not notified again)", file=scrubbed(out))
     return count
 
 
-def state_forget(config: Config, out: IO[str], chatbot: str, *, yes: bool = False, dry_run: bool = False,
+async def state_forget(config: Config, out: IO[str], chatbot: str, *, yes: bool = False, dry_run: bool = False,
                  ask: Callable[[str], str] | None = None) -> int:
     """Drop a chatbot's seen keys so its next poll is a first run. Leads the outbox or the ledger
-    refers to stay (store.forget). On a terminal it asks first, unless `yes`; `dry_run` only counts.
+    refers to stay. On a terminal it asks first, unless `yes`; `dry_run` only counts.
     Returns the number of keys dropped (or that would be)."""
-    store = open_store(config)
+    store = await open_state(config, "operator")
     try:
-        serial = resolve_chatbot(config, store.chatbots(), chatbot)
+        serial = resolve_chatbot(config, await store.chatbots(), chatbot)
         assert serial is not None
         name = safe_text(repr(chatbot), 80)
-        count = store.forget(serial, dry_run=True)
+        count = await store.forget(serial, dry_run=True)
         if dry_run:
             print(f"would forget {_plural(count, 'seen lead')} of {name} (leads with deliveries or a ledger stay); "
                   "nothing changed", file=scrubbed(out))
@@ -237,15 +226,15 @@ def state_forget(config: Config, out: IO[str], chatbot: str, *, yes: bool = Fals
             if answer.strip().lower() not in ("y", "yes"):
                 print("nothing changed", file=scrubbed(out))
                 return 0
-        count = store.forget(serial)
+        count = await store.forget(serial)
     finally:
-        store.close()
+        await store.close()
     print(f"forgot {_plural(count, 'seen lead')} of {name}; its next poll is a first run again "
           "(first_run applies; leads with deliveries or a ledger stay, so none is notified twice)", file=scrubbed(out))
     return count
 
 
-_plural = history.plural
+_plural = wording.plural
 
 
 def resolve_chatbot(config: Config, known: dict[str, str], name: str | None) -> str | None:

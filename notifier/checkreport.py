@@ -23,9 +23,12 @@ _URL_FIELDS = frozenset({"url", "base_url"})  # query strings and user info ofte
 _CONFIG_KEYS = {"sender": "from"}  # dataclass field -> the key written in the config
 
 
-def report(config: Config, *, as_json: bool) -> str:
-    """Everything `config` says, with its warnings: lines for a person, or one JSON document."""
+def report(config: Config, *, as_json: bool, state: str | None = None) -> str:
+    """Everything `config` says, with its warnings: lines for a person, or one JSON document.
+    `state`: what opening the state found (its schema, or why it cannot be used)."""
     data = understood(config)
+    if state is not None:
+        data["state"]["status"] = state
     return safe_json(data, indent=2) if as_json else _text(data)
 
 
@@ -60,7 +63,8 @@ def understood(config: Config) -> dict[str, Any]:
         "api": {"base_url": _url(api.base_url), "api_key": _secret(api.api_key), "timeout": api.timeout,
                 "requests_per_second": api.requests_per_second, "concurrency": api.concurrency,
                 "max_response_bytes": api.max_response_bytes},
-        "state": {"path": str(config.state_path), "ledger_days": config.ledger_days},
+        "state": ({"engine": "sqlite", "path": str(config.state_path)} if config.state_url is None else
+                  {"engine": "postgresql", "url": config.state_where}) | {"ledger_days": config.ledger_days},
         "poll": dataclasses.asdict(config.poll),
         "delivery": dataclasses.asdict(config.delivery),
         "http": None if config.http is None else {"listen": _listen(config.http.host, config.http.port),

@@ -8,7 +8,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import sqlite3
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -19,8 +18,8 @@ from . import logs
 from .cliparser import PROG, BadUsage, build_parser, unknown_option, walk
 from .config import Config, config_path, load_config
 from .exceptions import ConfigError, NotifierError, UsageError
-from .history import plural, state_location_problem
 from .text import safe_text, scrubbed
+from .wording import plural
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -37,9 +36,11 @@ def _load_with_state(args: argparse.Namespace) -> Config:
     """For the commands that open the state: a `[state] path` that cannot be one is a config error
     that says why, not "File exists"."""
     config = _load(args)
-    problem = state_location_problem(config.state_path)
-    if problem is not None:
-        raise ConfigError(problem, key="state.path", path=str(config.source))
+    if config.state_url is None:
+        from .state.sqlite import location_problem
+        problem = location_problem(config.state_path)
+        if problem is not None:
+            raise ConfigError(problem, key="state.path", path=str(config.source))
     return config
 
 
@@ -91,9 +92,6 @@ def _main(argv: list[str]) -> int:
             return _fatal(exc, EXIT_FAILED)
         _error(str(exc))
         return EXIT_FAILED
-    except sqlite3.Error as exc:  # an operator command's read of the state (a daemon holds a long write)
-        _error(f"the state file could not be read ({safe_text(str(exc), 300)}); try again")
-        return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 
@@ -120,7 +118,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
 
     command = args.command
     if command == "check":
-        return _check(args)
+        return await _check(args)
     if command == "run":
         await Service(_load_with_state(args), reload=lambda: _load(args)).run()
         return EXIT_OK
@@ -134,7 +132,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
             _error(f"{plural(attempts, 'delivery attempt')} failed (see the log above and `outbox list`)")
         return EXIT_FAILED if failed or (args.strict and attempts) else EXIT_OK
     if command in ("status", "outbox", "state", "leads"):
-        return _admin(args)
+        return await _admin(args)
     if command == "replay":
         from .replay import replay
         await replay(_load_with_state(args), scrubbed(sys.stdout), sink=args.sink, session=args.session,
@@ -153,7 +151,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(command)  # pragma: no cover - argparse restricts the choices
 
 
-def _admin(args: argparse.Namespace) -> int:
+async def _admin(args: argparse.Namespace) -> int:
     from datetime import UTC
 
     from . import admin
@@ -161,25 +159,29 @@ def _admin(args: argparse.Namespace) -> int:
     config = _load_with_state(args)
     out = scrubbed(sys.stdout)
     if args.command == "status":
-        data = admin.status(config, datetime.now(UTC))
+        data = await admin.status(config, datetime.now(UTC))
         if args.json:
             admin.print_status_json(data, out)
         else:
             admin.print_status(data, out)
         return EXIT_OK
+    if args.command == "state" and args.action == "migrate":
+        from .migration import migrate_state, target_url
+        await migrate_state(config, out, target_url(args.to, args.to_file))
+        return EXIT_OK
     if args.command == "state":
-        admin.state_forget(config, out, args.chatbot, yes=args.yes, dry_run=args.dry_run,
+        await admin.state_forget(config, out, args.chatbot, yes=args.yes, dry_run=args.dry_run,
                            ask=_ask if sys.stdin.isatty() else None)
         return EXIT_OK
     if args.command == "leads":
-        return _leads(config, args)
+        return await _leads(config, args)
     if args.action == "list":
-        admin.outbox_list(config, out, state=args.parked or "pending", sink=args.sink, as_json=args.json,
+        await admin.outbox_list(config, out, state=args.parked or "pending", sink=args.sink, as_json=args.json,
                           limit=args.limit)
     elif args.action == "retry":
-        admin.outbox_retry(config, out, ids=args.ids, state=args.parked, sink=args.sink)
+        await admin.outbox_retry(config, out, ids=args.ids, state=args.parked, sink=args.sink)
     else:
-        admin.outbox_purge(config, out, state=args.parked, older_than_days=args.older_than, sink=args.sink)
+        await admin.outbox_purge(config, out, state=args.parked, older_than_days=args.older_than, sink=args.sink)
     return EXIT_OK
 
 
@@ -190,7 +192,7 @@ def _ask(prompt: str) -> str:
         return ""
 
 
-def _leads(config: Config, args: argparse.Namespace) -> int:
+async def _leads(config: Config, args: argparse.Namespace) -> int:
     from . import ledger
 
     out = scrubbed(sys.stdout)
@@ -202,9 +204,9 @@ def _leads(config: Config, args: argparse.Namespace) -> int:
         session = args.session_id if args.session_id is not None else args.session
         if session is None and args.webhook_id is None:
             raise UsageError("leads show needs a SESSIONID (or --webhook-id ID)")
-        ledger.show_lead(config, out, session, as_json=args.json, webhook_id=args.webhook_id)
+        await ledger.show_lead(config, out, session, as_json=args.json, webhook_id=args.webhook_id)
     else:
-        ledger.list_leads(config, out, chatbot=args.chatbot, since=args.since, session=args.session,
+        await ledger.list_leads(config, out, chatbot=args.chatbot, since=args.since, session=args.session,
                           limit=args.limit, as_json=args.json, webhook_id=args.webhook_id)
     return EXIT_OK
 
@@ -222,10 +224,11 @@ def _completion(shell: str) -> int:
     return EXIT_OK
 
 
-def _check(args: argparse.Namespace) -> int:
+async def _check(args: argparse.Namespace) -> int:
     """Every problem at once (key and line each), the state location included; or everything
     that was understood, with warnings."""
     from .checkreport import problems_report, report
+    from .state import probe
 
     try:
         config = _load_with_state(args)
@@ -235,7 +238,11 @@ def _check(args: argparse.Namespace) -> int:
         else:
             _error("config error:\n" + problems_report(exc, as_json=False))
         return EXIT_CONFIG
-    print(report(config, as_json=args.json), file=scrubbed(sys.stdout))
+    usable, state = await probe(config)
+    print(report(config, as_json=args.json, state=state), file=scrubbed(sys.stdout))
+    if not usable:
+        _error(f"the state cannot be used: {state}")
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import NoReturn
 
 from ._version import __version__
-from .history import INT64
+from .state import INT64
 
 PROG = "smarterbot-notifier"
 USAGE_EXIT = "2 usage or config error"
@@ -181,13 +181,22 @@ def build_parser() -> _Parser:
     replay.add_argument("--chatbot", metavar="NAME", help="only this chatbot's leads (default: all)")
     replay.add_argument("--dry-run", action="store_true", help="list what would be sent, change nothing")
 
-    state = command(sub, "state", "state file maintenance", f"see each action's --help, {USAGE_EXIT}")
-    forget = command(state.add_subparsers(dest="action", required=True, metavar="ACTION", title="actions"),
-                     "forget", "drop a chatbot's seen leads so its next poll is a first run (`first_run` applies)",
+    state = command(sub, "state", "state maintenance", f"see each action's --help, {USAGE_EXIT}")
+    actions = state.add_subparsers(dest="action", required=True, metavar="ACTION", title="actions")
+    forget = command(actions, "forget",
+                     "drop a chatbot's seen leads so its next poll is a first run (`first_run` applies)",
                      f"0 done or declined, 1 the state cannot be changed, {USAGE_EXIT}")
     forget.add_argument("chatbot", metavar="CHATBOT", help="a chatbot's name or serial number")
     forget.add_argument("--yes", action="store_true", help="do not ask for confirmation (default: ask on a terminal)")
     forget.add_argument("--dry-run", action="store_true", help="only say how many seen leads would be forgotten")
+    migrate = command(actions, "migrate", "copy the SQLite state ([state] path: seen leads, coverage, pending, held "
+                      "and dead deliveries, the ledger) into an empty PostgreSQL database, in one transaction; "
+                      "then set [state] url to it", f"0 copied, 1 the source or the target cannot be used "
+                      f"(nothing was copied), {USAGE_EXIT}")
+    target = migrate.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to", metavar="URL", help="postgresql://user:password@host:5432/database (visible to other "
+                        "users in the process list: --to-file keeps the password out of it)")
+    target.add_argument("--to-file", metavar="PATH", help="a file holding the URL (e.g. a Docker secret)")
 
     sim = command(sub, "simulate", "serve the built-in LeadList API simulator alone, creating leads, and print a "
                   "config to try against it", f"0 stopped, 1 cannot listen on --host/--port, {USAGE_EXIT}",

@@ -13,6 +13,7 @@ from typing import Literal
 
 from .exceptions import ConfigError
 from .sinks import SINK_TYPES, SinkConfig
+from .state.location import password, redacted, url_problem
 from .tomlsource import LineIndex, Table, suggestion
 
 FirstRun = Literal["baseline", "notify"]
@@ -83,6 +84,12 @@ class Config:
     ledger_days: int = 30  # how long the delivery ledger (and the leads it tells of) is kept
     source: str | None = None
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
+    state_url: str | None = field(default=None, repr=False)  # PostgreSQL; a secret (it holds a password)
+
+    @property
+    def state_where(self) -> str:
+        """The state's location fit for output: the file, or the URL without its password."""
+        return str(self.state_path) if self.state_url is None else redacted(self.state_url)
 
     def chatbot(self, name: str) -> ChatbotConfig | None:
         return next((c for c in self.chatbots if c.name == name or c.serial_number == name), None)
@@ -143,7 +150,7 @@ def parse_config(text: str, source: str | None = None, env: Mapping[str, str] | 
 
     api = _api(root.table("api"))
     state = root.table("state")
-    state_path = Path(state.text("path", str(default_state_path(env))))
+    state_path, state_url = _state_location(state, env)
     ledger_days = state.number("ledger_days", 30, minimum=0, maximum=3650, integer=True)
     state.finish()
     poll = _poll(root.table("poll"), PollConfig())
@@ -154,7 +161,26 @@ def parse_config(text: str, source: str | None = None, env: Mapping[str, str] | 
     root.finish()
     root.problems.raise_if_any()
     return Config(api=api, state_path=state_path, poll=poll, chatbots=chatbots, sinks=sinks,
-                  delivery=delivery, http=http, ledger_days=ledger_days, source=source, secrets=frozenset(root.secrets))
+                  delivery=delivery, http=http, ledger_days=ledger_days, source=source, secrets=frozenset(root.secrets),
+                  state_url=state_url)
+
+
+def _state_location(state: Table, env: Mapping[str, str]) -> tuple[Path, str | None]:
+    """`path` (an SQLite file, the default) or `url`/`url_file` (PostgreSQL), never both."""
+    given = [key for key in ("path", "url", "url_file") if state.has(key)]
+    if "path" in given and len(given) > 1:
+        state.report(given[1], f"set either [state] path (SQLite) or [state] {given[1]} (PostgreSQL), not both")
+    path = Path(state.text("path", str(default_state_path(env))))
+    url = state.secret("url")
+    if url is None:
+        return path, None
+    problem = url_problem(url)
+    if problem is not None:
+        state.report("url_file" if state.has("url_file") else "url", problem)
+        return path, None
+    if (secret := password(url)) is not None:
+        state.secrets.append(secret)  # scrubbed on its own too: a driver's message may quote it
+    return path, url
 
 
 def _api(table: Table) -> ApiConfig:

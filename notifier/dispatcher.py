@@ -17,7 +17,7 @@ from .exceptions import PermanentError, RetryableError, StateError
 from .logs import scrub as scrub_secrets
 from .metrics import Metrics
 from .redact import scrub
-from .store import Outcome, Store
+from .state import Outcome, State
 from .text import safe_text
 from .types import Clock, Delivery, Sink
 
@@ -26,15 +26,18 @@ log = structlog.get_logger("notifier.dispatcher")
 MAX_RETRY_AFTER = 86_400.0
 IDLE_RECHECK = 5.0  # the longest the dispatcher sleeps with nothing due
 EXTERNAL_CHECK = 0.25  # how often it looks whether another process (outbox retry, replay) changed the outbox
+LEASE = 180.0  # how long a claimed delivery is ours; past it, another process may send it again
+ATTEMPT_DEADLINE = 150.0  # an attempt still running then is a retryable failure: it ends inside its lease
 STATE_RETRY = (0.5, 30.0)  # first and longest wait before writing outcomes again after a failed write
 CLOCK_STEP = 60.0  # the wall clock moved this much against the loop's monotonic clock: a step
 
 
 class Dispatcher:
-    def __init__(self, store: Store, sinks: Mapping[str, Sink], config: DeliveryConfig,
+    def __init__(self, store: State, sinks: Mapping[str, Sink], config: DeliveryConfig,
                  clock: Clock, metrics: Metrics | None = None,
                  state_retry: tuple[float, float] = STATE_RETRY, external_check: float = EXTERNAL_CHECK,
-                 only: Collection[int] | None = None) -> None:
+                 only: Collection[int] | None = None, lease: float = LEASE,
+                 attempt_deadline: float = ATTEMPT_DEADLINE) -> None:
         self.metrics = metrics
         self.store = store
         self.sinks = dict(sinks)
@@ -42,16 +45,17 @@ class Dispatcher:
         self.clock = clock
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._busy: set[int] = set()
         self._per_sink: dict[str, int] = {}  # deliveries in flight per sink
         self._ready_at: dict[str, float] = {}  # loop time a paced sink may send again
         self._pace_wait: float | None = None  # a paced sink has due work after this many seconds
         self._series: dict[tuple[str, str], Counter] = {}
-        # Outcomes of finished attempts, written in one transaction per turn. Their rows stay busy
-        # until written: a delivery whose outcome is not recorded is never sent again meanwhile.
+        # Outcomes of finished attempts, written in one transaction per turn. Their rows stay
+        # claimed until written: a delivery whose outcome is not recorded is not sent again meanwhile.
         self._outcomes: list[Outcome] = []
         self.state_retry = state_retry
         self.external_check = external_check
+        self.lease = lease
+        self.attempt_deadline = attempt_deadline
         self.only = only  # just these outbox ids (a replay without a daemon): nothing else is sent
         self.problem: str | None = None  # the state refuses writes: nothing new is sent
         self._problem_since = 0.0
@@ -76,19 +80,19 @@ class Dispatcher:
         return delay
 
     # -- scheduling ---------------------------------------------------------------------
-    def start_due(self) -> int:
+    async def start_due(self) -> int:
         """Start as many due deliveries as concurrency and pacing allow; returns how many started.
-        Each sink is asked separately, so a backlog on one paced sink never starves the others.
+        Each is claimed first (leased to this process), so nothing else sends it meanwhile.
         While the state refuses work (outcomes unwritten, a failed read, its file gone) nothing
         new starts; the state is tried again with backoff."""
-        self.flush()
+        await self.flush()
         self._pace_wait = None
         if self.problem is not None and (self._outcomes or self._waiting()):
             return 0
         try:
             if self.store.problem is not None:
                 raise StateError(self.store.problem)
-            started = self._start_due()
+            started = await self._start_due()
         except StateError as exc:
             self._state_failed(str(exc))
             return 0
@@ -98,7 +102,9 @@ class Dispatcher:
     def _waiting(self) -> bool:
         return asyncio.get_running_loop().time() < self._write_again_at
 
-    def _start_due(self) -> int:
+    async def _start_due(self) -> int:
+        """Each sink is asked on its own, in order, for what concurrency leaves: a backlog on one
+        paced sink never starves the others, and nothing is claimed that cannot start now."""
         loop = asyncio.get_running_loop()
         now = self.clock().timestamp()
         started = 0
@@ -111,29 +117,25 @@ class Dispatcher:
                     continue
                 wait = self._ready_at.get(name, 0.0) - loop.time()
                 if wait > 0:
-                    if self.store.due(now, [name], 1, only=self.only):
+                    due = await self.store.next_due([name], only=self.only)
+                    if due is not None and due <= now:
                         self._pace_wait = wait if self._pace_wait is None else min(self._pace_wait, wait)
                     continue
                 free = 1
-            for delivery in self.store.due(now, [name], free, skip=self._busy, only=self.only):
-                if delivery.id in self._busy:  # taken by a digest started earlier in this loop
-                    continue
-                group = [delivery] if delivery.batch is None else self.store.batch(name, delivery.batch)
-                group = [d for d in group if d.id not in self._busy] or [delivery]
-                self._busy.update(d.id for d in group)
+            for group in await self.store.claim(now, {name: free}, lease=self.lease, only=self.only):
                 self._per_sink[name] = self._per_sink.get(name, 0) + 1
-                task = asyncio.create_task(self._deliver(group), name=f"deliver-{delivery.id}")
+                task = asyncio.create_task(self._deliver(group), name=f"deliver-{group[0].id}")
                 self._tasks.add(task)
                 task.add_done_callback(self._finished)
                 started += 1
-                free -= 1
         return started
 
-    def flush(self, *, last: bool = False) -> None:
+    async def flush(self, *, last: bool = False) -> None:
         """Write the outcomes of finished attempts in one transaction per loop turn, not one per
         delivery. A crash before this commit can only repeat those deliveries (same webhook-id).
-        If the state refuses the write (disk full, locked, file gone) the outcomes stay here and
-        their rows stay busy, nothing new is sent, and the write is tried again with backoff."""
+        If the state refuses the write (disk full, locked, connection lost) the outcomes stay
+        here and their deliveries stay claimed, nothing new is sent, and the write is tried
+        again with backoff."""
         if not self._outcomes or (self.problem is not None and self._waiting()):
             return
         try:
@@ -141,12 +143,11 @@ class Dispatcher:
             # saves that copy where the next start finds it, outcomes included
             if self.store.problem is not None and not last:
                 raise StateError(self.store.problem)
-            self.store.settle(self._outcomes, force=last)
+            await self.store.settle(self._outcomes, force=last)
         except StateError as exc:
             self._state_failed(str(exc))
             return
         settled, self._outcomes = self._outcomes, []
-        self._busy.difference_update(i for outcome in settled for i in outcome.ids)
         self._recovered(len(settled))
 
     def _recovered(self, recorded: int) -> None:
@@ -171,7 +172,7 @@ class Dispatcher:
         first, longest = self.state_retry
         self._write_again_at = loop.time() + min(longest, first * 2 ** (self._write_failures - 1))
 
-    def _check_clock(self) -> None:
+    async def _check_clock(self) -> None:
         """A wall clock stepped back (NTP after a wrong time) would strand retries scheduled under
         the old time; move them back by the step."""
         loop_now = asyncio.get_running_loop().time()
@@ -180,9 +181,9 @@ class Dispatcher:
         previous, self._clock_offset = self._clock_offset, offset
         if previous is not None and previous - offset > CLOCK_STEP:
             step = previous - offset
-            self.flush()  # retries known in memory are written first, then moved with the rest
+            await self.flush()  # retries known in memory are written first, then moved with the rest
             try:
-                moved = self.store.reschedule_after_clock_step(wall, step)
+                moved = await self.store.reschedule_after_clock_step(wall, step)
             except StateError as exc:
                 self._state_failed(str(exc))
                 self._clock_offset = previous  # try again on the next turn
@@ -199,14 +200,14 @@ class Dispatcher:
         run again after a failure (the supervisor restarts it): nothing of the last run's
         shutdown carries over."""
         self.stopping = False
-        self._pull_in_stranded()
+        await self._release_and_pull_in()
         stopping = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
                 self._wake.clear()
-                self._check_clock()
-                self.start_due()
-                timeout = self._idle_wait()
+                await self._check_clock()
+                await self.start_due()
+                timeout = await self._idle_wait()
                 if self._pace_wait is not None:
                     timeout = min(timeout, self._pace_wait)
                 waking = asyncio.ensure_future(self._wake.wait())
@@ -221,7 +222,8 @@ class Dispatcher:
     async def _idle(self, stopping: asyncio.Future[Any], waking: asyncio.Future[Any], longest: float) -> None:
         """Wait until woken, stopped or `longest` seconds passed; and every EXTERNAL_CHECK see whether another
         process (`outbox retry`, `replay`) committed: its work is picked up within that, not at
-        the next idle recheck. Asking costs one PRAGMA, no query."""
+        the next idle recheck. Asking costs no query (SQLite: a PRAGMA; PostgreSQL: a counter
+        its LISTEN connection keeps)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + longest
         version = self.store.changed_elsewhere()
@@ -231,56 +233,61 @@ class Dispatcher:
             if done or loop.time() >= deadline or self.store.changed_elsewhere() != version:
                 return
 
-    def _idle_wait(self) -> float:
+    async def _idle_wait(self) -> float:
         """Seconds until there may be something to do without being woken."""
         if self.problem is not None:
             return max(0.0, self._write_again_at - asyncio.get_running_loop().time())
         now = self.clock().timestamp()
         try:
-            next_at = self.store.next_due(self.sinks, after=now)
+            next_at = await self.store.next_due(self.sinks, after=now)
         except StateError as exc:
             self._state_failed(str(exc))
-            return self._idle_wait()
+            return await self._idle_wait()
         return IDLE_RECHECK if next_at is None else min(IDLE_RECHECK, max(0.0, next_at - now))
 
     async def abort(self) -> None:
-        """Stop now (`once` interrupted): what is in flight is cancelled and stays as it was;
+        """Stop now (`once` interrupted): what is in flight is cancelled and released untried;
         outcomes already known are written."""
         self.stopping = True
         tasks = set(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._write_last()
+        await self._write_last()
 
-    def _write_last(self) -> None:
+    async def _write_last(self) -> None:
         """At exit: one last try to write what is known, whatever the backoff, into the open file
         even if it was deleted (the store saves that copy). What still fails is said once."""
         self._write_again_at = 0.0
-        self.flush(last=True)
+        await self.flush(last=True)
         if self._outcomes:
             log.error("outcomes of deliveries could not be recorded before exit; they will be sent again "
                       "after the next start (same webhook-id)", count=sum(len(o.ids) for o in self._outcomes),
                       error=self.problem)
 
-    def _pull_in_stranded(self) -> None:
-        """No delivery waits longer than MAX_RETRY_AFTER: one scheduled further out was scheduled
+    async def _release_and_pull_in(self) -> None:
+        """At start: deliveries claimed by a process that is gone (killed mid-send) are due now,
+        and no delivery waits longer than MAX_RETRY_AFTER: one scheduled further out was scheduled
         under a clock that was ahead (and maybe by another process, before a restart)."""
         now = self.clock().timestamp()
         try:
-            moved = self.store.pull_in(now, now + MAX_RETRY_AFTER + self.config.backoff_max)
+            released = await self.store.release_claims(now)
+            moved = await self.store.pull_in(now, now + MAX_RETRY_AFTER + self.config.backoff_max)
         except StateError:
             return  # the loop's own handling says so
+        if released:
+            log.warning("deliveries in flight when a process stopped are due again (same webhook-id)",
+                        deliveries=released)
         if moved:
             log.warning("deliveries scheduled beyond any retry wait (a clock that was ahead) are due now",
                         deliveries=moved)
 
     async def deliver_due(self) -> None:
         """Deliver everything due now, waiting for each to finish (the `once` command)."""
-        self._pull_in_stranded()
+        await self._release_and_pull_in()
         while not self.stopping:
-            started = self.start_due()
-            self.flush()
+            started = await self.start_due()
+            await self.flush()
             if self._tasks:
                 await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
             elif self._pace_wait is not None:
@@ -290,27 +297,26 @@ class Dispatcher:
 
     async def drain(self, grace: float) -> None:
         """Let in-flight deliveries finish within `grace` seconds, then cancel the rest: they
-        stay pending and are sent after the next start (the same webhook-id)."""
+        are released, due again for the next start (the same webhook-id)."""
         self.stopping = True
         pending: set[asyncio.Task[None]] = set()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-        self._write_last()
         if pending:
             log.warning("deliveries still in flight at shutdown; left pending for the next start",
                         count=len(pending))
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await self._write_last()
 
     # -- one delivery -------------------------------------------------------------------
     async def _deliver(self, group: Sequence[Delivery]) -> None:
         first = group[0]
-        ids = [d.id for d in group]
         outcome: Outcome | None = None
         try:
             sink = self.sinks.get(first.sink)
-            if sink is None:  # removed by a reload since it was picked: the row stays as it was
+            if sink is None:  # removed by a reload since it was claimed: released untried
                 return
             outcome = await self._attempt(sink, group)
             if self.stopping and outcome.state == "retry":  # e.g. Ctrl-C took the receiver down with us
@@ -318,10 +324,9 @@ class Dispatcher:
                          sink=first.sink, webhook_id=first.webhook_id)
                 outcome = None
         finally:
-            if outcome is None:  # cancelled by our own shutdown: not an attempt, the row stays as it was
-                self._busy.difference_update(ids)
-            else:
-                self._outcomes.append(outcome)  # written by flush(); the rows stay busy until then
+            if outcome is None:  # cancelled by our own shutdown: not an attempt; due again, untried
+                outcome = Outcome(tuple(d.id for d in group), "release", self.clock().timestamp())
+            self._outcomes.append(outcome)  # written by flush(); the deliveries stay claimed until then
             self._per_sink[first.sink] -= 1
 
     async def _attempt(self, sink: Sink, group: Sequence[Delivery]) -> Outcome:
@@ -330,10 +335,13 @@ class Dispatcher:
         if sink.min_interval:  # paced from the moment the message really leaves, not when queued
             self._ready_at[first.sink] = asyncio.get_running_loop().time() + sink.min_interval
         try:
-            if first.batch is None:
-                receipt = await sink.send(first)
-            else:
-                receipt = await sink.send_digest(group)
+            async with asyncio.timeout(self.attempt_deadline):  # never past the lease: nobody sends it beside us
+                if first.batch is None:
+                    receipt = await sink.send(first)
+                else:
+                    receipt = await sink.send_digest(group)
+        except TimeoutError:
+            return self._failure(group, attempt, f"no answer within {self.attempt_deadline:g}s", retryable=True)
         except PermanentError as exc:
             return self._failure(group, attempt, exc.reason, retryable=False, status=exc.status)
         except RetryableError as exc:

@@ -8,12 +8,12 @@ from datetime import datetime, timedelta
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .history import iso
 from .logs import scrub
 from .metrics import Metrics
 from .poller import ChatbotPoller
 from .text import safe_text
 from .types import Clock
+from .wording import iso
 
 READINESS_LIMIT = 20
 """At most this many chatbots are named in /readyz's body; `count` says how many there are."""
@@ -73,7 +73,7 @@ def health_app(pollers: Callable[[], Sequence[ChatbotPoller]], metrics: Metrics,
         return web.json_response({"status": "ready"})
 
     async def metrics_view(_: web.Request) -> web.Response:
-        response = web.Response(body=metrics.render())
+        response = web.Response(body=await metrics.render())
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
 

@@ -1,5 +1,5 @@
 """`smarterbot-notifier leads`: "did we get that lead, and who was told?" answered from the state
-file — recent leads with each sink's state, or one lead's whole story (detected when, each attempt
+— recent leads with each sink's state, or one lead's whole story (detected when, each attempt
 and what the receiver answered). Lead text is shown through safe_text (and --json through
 safe_json): it was typed by strangers. Everything printed is scrubbed of the config's secrets:
 receivers echo our headers back in the errors the ledger keeps."""
@@ -10,12 +10,13 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
-from .admin import open_store, resolve_chatbot, table
+from .admin import resolve_chatbot, table
 from .config import Config
 from .exceptions import NotifierError, UsageError
-from .history import LeadRecord, count_leads, find_leads, iso, leads_by_webhook_id, plural
 from .leads import from_micros, to_micros
+from .state import LeadQuery, LeadRecord, open_state
 from .text import safe_json, safe_text, scrubbed
+from .wording import iso, plural
 
 _RELATIVE = re.compile(r"^(\d+)([dhm])$")
 _WEBHOOK_ID = re.compile(r"^msg_[0-9a-f]{32}$")
@@ -58,24 +59,19 @@ def lead_state(lead: LeadRecord) -> str:
                      for s in lead.sinks)
 
 
-def list_leads(config: Config, out: IO[str], *, chatbot: str | None, since: datetime | None,
+async def list_leads(config: Config, out: IO[str], *, chatbot: str | None, since: datetime | None,
                session: int | None, limit: int, as_json: bool, webhook_id: str | None = None) -> int:
     out = scrubbed(out)
-    store = open_store(config)
+    store = await open_state(config, "operator")
     try:
-        serial = resolve_chatbot(config, store.chatbots(), chatbot)
+        serial = resolve_chatbot(config, await store.chatbots(), chatbot)
         since_us = None if since is None else to_micros(since)
-        lead_ids = None if webhook_id is None else leads_by_webhook_id(store, check_webhook_id(webhook_id))
-        leads = find_leads(store, serial=serial, since_us=since_us, session_id=session, limit=limit,
-                           lead_ids=lead_ids)
-        if len(leads) < limit:
-            total = len(leads)
-        elif lead_ids is not None:
-            total = len(lead_ids)
-        else:
-            total = count_leads(store, serial=serial, since_us=since_us, session_id=session)
+        lead_ids = None if webhook_id is None else await store.leads_by_webhook_id(check_webhook_id(webhook_id))
+        query = LeadQuery(serial=serial, since_us=since_us, session_id=session, lead_ids=lead_ids)
+        leads = await store.find_leads(query, limit=limit)
+        total = len(leads) if len(leads) < limit else await store.count_leads(query)
     finally:
-        store.close()
+        await store.close()
     truncated = len(leads) < total
     if as_json:
         print(safe_json({"leads": [as_dict(lead) for lead in leads], "count": len(leads), "total": total,
@@ -92,18 +88,19 @@ def list_leads(config: Config, out: IO[str], *, chatbot: str | None, since: date
     return len(leads)
 
 
-def show_lead(config: Config, out: IO[str], session: int | None, *, as_json: bool,
+async def show_lead(config: Config, out: IO[str], session: int | None, *, as_json: bool,
               webhook_id: str | None = None) -> int:
     out = scrubbed(out)
-    store = open_store(config)
+    store = await open_state(config, "operator")
     try:
-        lead_ids = None if webhook_id is None else leads_by_webhook_id(store, check_webhook_id(webhook_id))
-        leads = find_leads(store, session_id=session, limit=100, with_attempts=True, lead_ids=lead_ids)
+        lead_ids = None if webhook_id is None else await store.leads_by_webhook_id(check_webhook_id(webhook_id))
+        leads = await store.find_leads(LeadQuery(session_id=session, lead_ids=lead_ids), limit=100,
+                                       with_attempts=True)
     finally:
-        store.close()
+        await store.close()
     if not leads:
         which = f"SessionID {session}" if session is not None else f"webhook-id {webhook_id}"
-        raise NotifierError(f"no lead with {which} in the state file (leads are kept for "
+        raise NotifierError(f"no lead with {which} in the state (leads are kept for "
                             f"[state] ledger_days = {config.ledger_days} days)")
     if as_json:
         print(safe_json({"leads": [as_dict(lead) for lead in leads]}, indent=2), file=out)
@@ -143,10 +140,7 @@ def _story(lead: LeadRecord, out: IO[str]) -> None:
 
 
 def _detected(lead: LeadRecord) -> str:
-    try:
-        return iso(datetime.fromisoformat(lead.detected_at))
-    except ValueError:
-        return safe_text(lead.detected_at, 40)
+    return iso(lead.detected_at)
 
 
 def as_dict(lead: LeadRecord) -> dict[str, Any]:

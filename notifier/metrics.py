@@ -1,23 +1,34 @@
 """Prometheus metrics, one registry per running service (so tests and reloads never collide).
-Gauges that mirror the outbox are read from the state file at scrape time, never kept twice."""
+Gauges that mirror the outbox are read from the state at scrape time, never kept twice."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .store import SinkCounts
+from .exceptions import StateError
+from .state import SinkCounts
 
 PREFIX = "smarterbot_notifier_"
 
 
 class _OutboxCollector(Collector):
-    def __init__(self, counts: Callable[[], Mapping[str, SinkCounts]], sinks: Callable[[], list[str]]) -> None:
+    """Reads the counts `refresh` fetched just before the scrape: the state is asynchronous,
+    prometheus_client's collectors are not."""
+
+    def __init__(self, counts: Callable[[], Awaitable[Mapping[str, SinkCounts]]],
+                 sinks: Callable[[], list[str]]) -> None:
         self.counts = counts
         self.sinks = sinks
+        self.last: Mapping[str, SinkCounts] = {}
+
+    async def refresh(self) -> None:
+        with contextlib.suppress(StateError):  # the state unreachable: the last counts stand
+            self.last = await self.counts()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         pending = GaugeMetricFamily(PREFIX + "outbox_pending", "Deliveries waiting to be sent, per sink",
@@ -26,7 +37,7 @@ class _OutboxCollector(Collector):
                                  labels=["sink"])
         held = GaugeMetricFamily(PREFIX + "outbox_held", "Deliveries the flood guard holds for an operator, per sink",
                                  labels=["sink"])
-        counts = self.counts()
+        counts = self.last
         for sink in sorted(set(self.sinks()) | set(counts)):
             value = counts.get(sink, SinkCounts())
             pending.add_metric([sink], value.pending)
@@ -53,11 +64,14 @@ class Metrics:
                                   "Unix time of the chatbot's last successful poll", ["chatbot"], registry=r)
         self._outbox: _OutboxCollector | None = None
 
-    def watch_outbox(self, counts: Callable[[], Mapping[str, SinkCounts]], sinks: Callable[[], list[str]]) -> None:
+    def watch_outbox(self, counts: Callable[[], Awaitable[Mapping[str, SinkCounts]]],
+                     sinks: Callable[[], list[str]]) -> None:
         if self._outbox is not None:
             self.registry.unregister(self._outbox)
         self._outbox = _OutboxCollector(counts, sinks)
         self.registry.register(self._outbox)
 
-    def render(self) -> bytes:
+    async def render(self) -> bytes:
+        if self._outbox is not None:
+            await self._outbox.refresh()
         return generate_latest(self.registry)

@@ -7,7 +7,7 @@ server uses, that window contains every instant from now back to the lookback. T
 instant any reading could return is the *horizon*; records before it are ignored (a server that
 ignores startTime cannot resurrect pruned keys) and seen keys before it are pruned.
 
-Coverage. For each chatbot the store keeps the instant from which its seen keys are complete.
+Coverage. For each chatbot the state keeps the instant from which its seen keys are complete.
 A record older than that was never watched (first run, or a lookback made longer): it follows
 `first_run`, "baseline" recording it silently, "notify" delivering it. Everything newer and
 unseen is a new lead.
@@ -32,9 +32,8 @@ from .config import ChatbotConfig
 from .exceptions import ApiError, StateError
 from .leads import ParsedRecords, SkippedRecord, to_micros
 from .metrics import Metrics
-from .recorder import Recorder
 from .sinks import SinkConfig
-from .store import PollRecord, Store
+from .state import PollRecord, State
 from .types import Clock, Lead
 
 log = structlog.get_logger("notifier.poller")
@@ -109,23 +108,18 @@ class PollResult:
 class ChatbotPoller:
     chatbot: ChatbotConfig
     client: LeadListClient
-    store: Store
+    store: State
     sinks: Mapping[str, SinkConfig]
     clock: Clock
     on_queued: Callable[[], None] = lambda: None
     metrics: Metrics | None = None
     ledger_days: int = 30
     status: PollStatus = field(default_factory=PollStatus)
-    recorder: Recorder | None = None  # the service shares one between its pollers
     clocks: ClockCheck = field(default_factory=ClockCheck)  # the service shares one too
     _digest: bytes | None = None  # the last answer's hash, valid while the state is unchanged elsewhere
     _digest_version: int = -1
     _metric_series: tuple[Counter, Counter, Gauge] | None = None
     _warned: set[str] = field(default_factory=set)
-    _recorder: Recorder = field(init=False)
-
-    def __post_init__(self) -> None:
-        self._recorder = self.recorder or Recorder(self.store)
 
     def routes(self, lead: Lead) -> tuple[str, ...]:
         return tuple(s for s in self.chatbot.sinks if s in self.sinks and self.sinks[s].accepts(lead.type))
@@ -184,8 +178,8 @@ class ChatbotPoller:
         chatbot = self.chatbot
         serial = chatbot.serial_number
         leads = [lead for lead in leads if lead.key.created_us >= horizon_us]
-        coverage = self.store.coverage(serial)
-        seen = self.store.seen_since(serial, min(lead.key.created_us for lead in leads)) if leads else set()
+        coverage = await self.store.coverage(serial)
+        seen = await self.store.seen_since(serial, min(lead.key.created_us for lead in leads)) if leads else set()
         notify: list[tuple[Lead, tuple[str, ...]]] = []
         silent: list[Lead] = []
         for lead in leads:
@@ -204,7 +198,7 @@ class ChatbotPoller:
         elif notify or silent or coverage is None or coverage > horizon_us:
             batches, held = self._plan(notify)
             covered = horizon_us if baseline_ok or coverage is None else coverage
-            queued = await self._recorder.record(PollRecord(
+            queued = await self.store.record_poll(PollRecord(
                 serial=serial, chatbot=chatbot.name, covered_from_us=covered, detected_at=now,
                 notify=notify, silent=silent, batches=batches, held=held,
                 held_reason=f"flood guard: {len(notify)} new leads in one poll "
@@ -213,7 +207,7 @@ class ChatbotPoller:
                 log.info("chatbot baselined", chatbot=chatbot.name, existing=len(silent) + len(notify),
                          first_run=chatbot.first_run)
         elif prune_ok and coverage < horizon_us:
-            pruned = self.store.prune(serial, horizon_us,
+            pruned = await self.store.prune(serial, horizon_us,
                                       ledger_before=now.timestamp() - self.ledger_days * 86_400)
             log.debug("pruned seen keys", chatbot=chatbot.name, pruned=pruned)
         if notify:

@@ -8,12 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import os
 import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
@@ -24,21 +22,21 @@ from ._version import USER_AGENT
 from .api import LeadListClient, make_throttler
 from .clockcheck import ClockCheck
 from .config import Config
-from .dispatcher import Dispatcher
-from .exceptions import ConfigError, NotifierError
+from .dispatcher import ATTEMPT_DEADLINE, LEASE, Dispatcher
+from .exceptions import ConfigError, NotifierError, StateError
 from .health import health_app, start_health
 from .logs import scrub
 from .metrics import Metrics
 from .poller import ChatbotPoller
-from .recorder import Recorder
 from .scheduler import PollScheduler, poll_all
 from .sinks import SinkContext, create_sink
-from .store import Store
+from .state import State, open_state
 from .supervisor import Supervisor
 from .systemd import Notifier
 from .types import Clock, Sink
 
 log = structlog.get_logger("notifier.service")
+HEARTBEAT_DEADLINE = 5.0  # seconds one heartbeat may take before it counts as a state problem
 HARD_DEADLINE = 5.0  # seconds past shutdown_grace after which whatever still runs is cancelled
 
 
@@ -56,8 +54,12 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def status_path(state_path: Path) -> Path:
-    return state_path.with_name(state_path.name + ".status.json")
+def lease_for(config: Config) -> tuple[float, float]:
+    """How long a claimed delivery is ours, and the deadline of one attempt inside it: past the
+    slowest sink's timeout several times over (an email is several round trips)."""
+    longest = max((float(getattr(sink, "timeout", 0.0)) for sink in config.sinks.values()), default=0.0)
+    deadline = max(ATTEMPT_DEADLINE, 4 * longest)
+    return deadline + (LEASE - ATTEMPT_DEADLINE), deadline
 
 
 class Service:
@@ -69,11 +71,13 @@ class Service:
         self.stdout = stdout
         self._reload = reload
         self.notifier = notifier or Notifier()
-        self.beat_interval = beat_interval  # status file, state file check, systemd STATUS=
+        self.beat_interval = beat_interval  # heartbeat (status for `status`), state check, systemd STATUS=
         self.metrics = Metrics()
         self.clocks = ClockCheck()  # one verdict on the wall clock, shared by every poller
         self._stop = asyncio.Event()
-        self.store: Store | None = None
+        self.store: State | None = None
+        self._pending = 0  # deliveries pending at the last beat
+        self._heartbeat_problem: str | None = None
         self.http: aiohttp.ClientSession | None = None  # the sinks'
         self.api_http: aiohttp.ClientSession | None = None  # the vendor's: its own pool, never starved by sinks
         self.pollers: list[ChatbotPoller] = []
@@ -88,7 +92,7 @@ class Service:
     # -- building -----------------------------------------------------------------------
     async def open(self) -> None:
         """Open state first (it may refuse: locked, corrupt), then the network side."""
-        self.store = Store(self.config.state_path)
+        self.store = await open_state(self.config, "daemon")
         # no connection limit here either: [delivery] concurrency is the limit, and a second, lower
         # one would park deliveries in the connector's queue (costing CPU) instead of sending them
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
@@ -96,8 +100,9 @@ class Service:
         # no connection limit: the poll scheduler's workers ([api] concurrency) are the limit
         self.api_http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
                                               headers={"User-Agent": USER_AGENT})
+        lease, deadline = lease_for(self.config)
         self.dispatcher = Dispatcher(self.store, self._sinks(self.config), self.config.delivery, self.clock,
-                                     self.metrics)
+                                     self.metrics, lease=lease, attempt_deadline=deadline)
         self.pollers = self._pollers(self.config, {})
         store = self.store
         self.metrics.watch_outbox(store.sink_counts, lambda: list(self.config.sinks))
@@ -115,11 +120,10 @@ class Service:
                                 throttler=make_throttler(config.api.requests_per_second),
                                 max_response_bytes=config.api.max_response_bytes, user_agent=USER_AGENT)
         pollers = []
-        recorder = Recorder(self.store)  # polls finishing together share a commit
         for chatbot in config.chatbots:
             poller = ChatbotPoller(chatbot=chatbot, client=client, store=self.store, sinks=config.sinks,
                                    clock=self.clock, on_queued=self.dispatcher.wake, metrics=self.metrics,
-                                   ledger_days=config.ledger_days, recorder=recorder, clocks=self.clocks)
+                                   ledger_days=config.ledger_days, clocks=self.clocks)
             old = keep.get(chatbot.serial_number)
             if old is not None:  # keep what we know about a chatbot across a reload
                 poller.status = old.status
@@ -137,7 +141,7 @@ class Service:
                 await session.close()
         self.http = self.api_http = None
         if self.store is not None:
-            self.store.close()
+            await self.store.close()
             self.store = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -190,6 +194,8 @@ class Service:
         found = list(self.supervisor.problems.values())
         if self.store is not None and self.store.problem is not None:
             found.append(f"state: {self.store.problem}")
+        elif self._heartbeat_problem is not None:
+            found.append(f"state: {self._heartbeat_problem}")
         if self.dispatcher is not None and self.dispatcher.problem is not None:
             found.append(f"delivery: {self.dispatcher.problem}")
         if self.clocks.problem is not None:
@@ -216,7 +222,7 @@ class Service:
                     raise ConfigError(f"cannot listen on {http.host}:{http.port}: {exc.strerror or exc}",
                                       key="http.listen", line=http.line, path=self.config.source) from None
             log.info("started", chatbots=len(self.pollers), sinks=sorted(self.config.sinks),
-                     state=str(self.config.state_path),
+                     state=self.config.state_where,
                      http=f"{self.config.http.host}:{self.config.http.port}" if self.config.http else None)
             started = True
             if (warning := self.config.rate_warning()) is not None:
@@ -235,7 +241,7 @@ class Service:
                 for sig in signals:
                     loop.remove_signal_handler(sig)
             with contextlib.suppress(Exception):
-                self._write_status()
+                await self._heartbeat()
             await self.close()
             if started:  # a start that failed is one error, reported by the caller, not a "stopped"
                 with contextlib.suppress(Exception):
@@ -272,8 +278,9 @@ class Service:
         except NotifierError as exc:
             log.error("reload failed; the running config stays", error=str(exc))
             return False
-        if new.state_path != self.config.state_path or new.http != self.config.http:
-            log.warning("state.path and [http] changes need a restart; the rest is applied")
+        if (new.state_path, new.state_url, new.http) != (self.config.state_path, self.config.state_url,
+                                                          self.config.http):
+            log.warning("[state] and [http] changes need a restart; the rest is applied")
         from .logs import register_secrets
         register_secrets(new.secrets)
         old_pollers = {p.chatbot.serial_number: p for p in self.pollers}
@@ -285,6 +292,7 @@ class Service:
             return False
         self.dispatcher.sinks = sinks
         self.dispatcher.config = new.delivery
+        self.dispatcher.lease, self.dispatcher.attempt_deadline = lease_for(new)
         self.config = new
         await self._stop_polling()
         self.pollers = self._pollers(new, old_pollers)
@@ -299,24 +307,36 @@ class Service:
 
     # -- status -------------------------------------------------------------------------
     def status_line(self) -> str:
-        pending = sum(c.pending for c in self.store.sink_counts().values()) if self.store else 0
         polled = sum(1 for p in self.pollers if p.status.last_success is not None)
         today = self.clock().date()
         leads = sum(p.status.leads_on(today) for p in self.pollers)
-        return f"{polled}/{len(self.pollers)} chatbots polled, {leads} leads today, {pending} deliveries pending"
+        return (f"{polled}/{len(self.pollers)} chatbots polled, {leads} leads today, "
+                f"{self._pending} deliveries pending")
 
-    def _beat(self) -> str:
-        self._check_state_file()
-        self._write_status()
+    async def _beat(self) -> str:
+        await self._heartbeat()
         return self.status_line()
 
-    def _check_state_file(self) -> None:
-        """Each beat: is the file we write still the state file? If not, every write stops (no
-        poll records, no delivery goes out) and readiness says why until it is back."""
+    async def _heartbeat(self) -> None:
+        """Each beat: this daemon's own view goes to the state for `status` (another process),
+        and the state says whether it still is what we write (SQLite: the file deleted under
+        us). If not, every write stops (no poll records, no delivery goes out) and readiness
+        says why until it is back."""
         if self.store is None:
             return
         known = self.store.problem
-        problem = self.store.verify()
+        try:
+            async with asyncio.timeout(HEARTBEAT_DEADLINE):  # a database that hangs never stops the watchdog
+                problem = await self.store.heartbeat(self.clock().timestamp(), self._status())
+                self._pending = sum(c.pending for c in (await self.store.sink_counts()).values())
+            self._heartbeat_problem = None
+        except (StateError, TimeoutError) as exc:
+            problem = self.store.problem
+            error = str(exc) or f"no answer within {HEARTBEAT_DEADLINE:g}s"
+            if self._heartbeat_problem is None:
+                log.error("state unreachable; polls record nothing and deliveries pause until it is back",
+                          error=error)
+            self._heartbeat_problem = error
         if problem != known:
             if problem:
                 log.error("state file lost; polls record nothing and deliveries pause", problem=problem)
@@ -325,10 +345,9 @@ class Service:
             if self.dispatcher is not None:
                 self.dispatcher.wake()
 
-    def _write_status(self) -> None:
-        """A small JSON file beside the state for `status` (another process) to read; written
-        atomically, never a database transaction."""
-        data: dict[str, Any] = {"pid": os.getpid(), "written": self.clock().isoformat(),
+    def _status(self) -> dict[str, Any]:
+        """What `status` shows of a running daemon: its problems and each chatbot's polls."""
+        data: dict[str, Any] = {"written": self.clock().isoformat(),
                                 "problems": [scrub(p) for p in self.problems()], "chatbots": {}}
         for poller in self.pollers:
             s = poller.status
@@ -338,13 +357,7 @@ class Service:
                 "last_success": s.last_success.isoformat() if s.last_success else None,
                 "last_error": scrub(s.last_error) if s.last_error else None, "degraded": s.degraded,
                 "new_today": s.leads_on(self.clock().date())}
-        path = status_path(self.config.state_path)
-        with contextlib.suppress(OSError):
-            tmp = path.with_name(path.name + ".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                json.dump(data, handle)
-            os.replace(tmp, path)
+        return data
 
     async def once(self) -> list[str]:
         """Poll every chatbot once, deliver what is due; returns the chatbots whose poll failed.
@@ -380,5 +393,5 @@ class Service:
         assert self.dispatcher is not None
         results = await poll_all(self.pollers, workers=self.config.api.concurrency)
         await self.dispatcher.deliver_due()
-        self._write_status()
+        await self._heartbeat()
         return [p.chatbot.name for p, ok in zip(self.pollers, results, strict=True) if not ok]

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 
 class Notifier:
@@ -41,12 +41,12 @@ class Notifier:
             return True
         return False
 
-    async def watchdog(self, status: Callable[[], str], stop: asyncio.Event, beat: float = 10.0) -> None:
+    async def watchdog(self, status: Callable[[], Awaitable[str]], stop: asyncio.Event, beat: float = 10.0) -> None:
         """Pings WATCHDOG=1 from the event loop itself, so a stuck loop stops the pings and
         systemd restarts the service; refreshes STATUS= on the same beat (at least every `beat` s)."""
         interval = min(self.watchdog_interval or beat, beat)
         while not stop.is_set():
-            fields = {"status": status()}
+            fields = {"status": await status()}
             if self.watchdog_interval is not None:
                 fields["watchdog"] = "1"
             self.send(**fields)

@@ -8,6 +8,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import inspect
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,12 +29,18 @@ SERIAL_B = "3254a9d0424c4806b9ea3d0763ccfbbb"
 
 
 async def until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> None:
-    """Wait for a condition with a bound: never sleep-and-hope."""
+    """Wait for a condition with a bound: never sleep-and-hope. The condition may be async (a
+    question to the state)."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not await _holds(condition):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+async def _holds(condition: Callable[[], Any]) -> bool:
+    result = condition()
+    return bool(await result if inspect.isawaitable(result) else result)
 
 
 def baselined(service: Any) -> bool:

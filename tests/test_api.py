@@ -18,7 +18,7 @@ from notifier.exceptions import ApiError
 from notifier.poller import ChatbotPoller
 from notifier.simulator import Simulator
 from notifier.sinks.console import ConsoleConfig
-from notifier.store import Store
+from notifier.state.sqlite import SQLiteState
 
 from .conftest import API_KEY, SERIAL_A
 from .hostile_api import Bomb, Framing, HostileApi
@@ -226,20 +226,20 @@ async def test_a_poll_keeps_the_good_leads_of_a_hostile_answer(tmp_path: Path) -
         {"Type": "Lead", "SessionID": 4, "CreateTime": created, "Name": "\ud800", "Count": float("nan")},
         {"Type": "Lead", "SessionID": 5, "CreateTime": created, "Name": "Ada"},
     ]
-    store = Store(tmp_path / "state.db")
+    state = SQLiteState(tmp_path / "state.db")
     async with HostileApi() as api, aiohttp.ClientSession() as http:
         api.answer(200, json.dumps({"Success": True, "Data": records}).encode())
         client = LeadListClient(http, api.url, timeout=5, throttler=make_throttler(1000), max_response_bytes=10**6,
                                 user_agent="t")
         bot = ChatbotConfig(name="alpha", serial_number=SERIAL_A, interval=1, lookback_days=2, first_run="notify",
                             api_key=API_KEY, sinks=("all",))
-        poller = ChatbotPoller(chatbot=bot, client=client, store=store, clock=lambda: now,
+        poller = ChatbotPoller(chatbot=bot, client=client, store=state, clock=lambda: now,
                                sinks={"all": ConsoleConfig(name="all", type="console")})
         try:
             result = await poller.poll_once()
-            due = store.due(now.timestamp() + 1, ["all"], 10)
+            due = [d for group in await state.claim(now.timestamp() + 1, {"all": 10}, lease=60) for d in group]
         finally:
-            store.close()
+            await state.close()
     assert (result.new, result.skipped) == (2, 2)
     assert sorted(d.lead.key.session_id for d in due) == [4, 5]
     assert next(d.lead for d in due if d.lead.key.session_id == 4).name == "\ufffd"

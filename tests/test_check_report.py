@@ -56,7 +56,7 @@ def test_text_says_everything_it_understood() -> None:
     bookings = next(line for line in lines if line.startswith("  chatbot restaurant-bookings "))
     assert "interval=120" in bookings and "api_key=[api]" in bookings and bookings.endswith("-> crm, slack")
     assert "  api: base_url=https://chat.smarterbot.ai api_key=set " in out
-    assert "  state: path=state.db ledger_days=30" in lines
+    assert "  state: engine=sqlite path=state.db ledger_days=30" in lines
     assert not any(line.startswith("warning:") for line in lines)
     assert_no_secret(out)
 
@@ -68,7 +68,7 @@ def test_json_is_one_document_with_everything_and_no_secret() -> None:
     assert data["api"]["api_key"] == "set" and data["api"]["requests_per_second"] == 5
     assert data["http"] == {"listen": "127.0.0.1:9464", "host": "127.0.0.1", "port": 9464}
     assert data["delivery"]["shutdown_grace"] == 4 and data["poll"]["first_run"] == "baseline"
-    assert data["state"] == {"path": "state.db", "ledger_days": 30}
+    assert data["state"] == {"engine": "sqlite", "path": "state.db", "ledger_days": 30}
     crm = data["sinks"]["crm"]
     assert crm["type"] == "webhook" and crm["on_flood"] == "hold" and crm["secret"] == "set"
     assert crm["headers"] == {"X-Api-Token": "set"} and crm["types"] == ["Appointment", "Lead"]

@@ -16,8 +16,9 @@ import pytest
 from aiohttp import web
 
 from notifier.config import load_config
-from notifier.service import Service, status_path
+from notifier.service import Service
 from notifier.simulator import Simulator, start_simulator
+from notifier.state.sqlite import status_path
 
 from .conftest import API_KEY, SERIAL_A, serve
 from .test_cli_support import kept_process_state, run
@@ -100,7 +101,7 @@ async def build_state(tmp_path: Path) -> State:
         db.close()
         status_file = status_path(tmp_path / "state.db")
         live = json.loads(status_file.read_text())
-        live["chatbots"][BOT_NAME].update(failures=1, last_error=f"Code 401: Invalid key {API_KEY}\x1b[2J")
+        live["status"]["chatbots"][BOT_NAME].update(failures=1, last_error=f"Code 401: Invalid key {API_KEY}\x1b[2J")
         status_file.write_text(json.dumps(live))
         out: dict[str, str] = {}
         for name, args in COMMANDS.items():

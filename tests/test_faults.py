@@ -18,6 +18,8 @@ from aiohttp import web
 from notifier.config import load_config
 from notifier.service import Service
 from notifier.simulator import Simulator
+from notifier.state import LeadQuery
+from notifier.state.sqlite import SQLiteState
 
 from .conftest import SERIAL_A, SERIAL_B, Receiver, baselined, serve, until, write_config
 
@@ -80,7 +82,7 @@ async def kill_loop(simulator: tuple[Simulator, str], receiver: Receiver, tmp_pa
     try:
         await until(lambda: {int(r.json["data"]["lead"]["SessionID"]) for r in receiver.accepted} >= set(created),
                     timeout=60, what="every lead delivered after the kills")
-        await until(lambda: _pending(tmp_path) == 0, timeout=20, what="outbox settled")
+        await until(lambda: _settled(tmp_path), timeout=20, what="outbox settled")
     finally:
         proc.terminate()
         await proc.wait()
@@ -96,9 +98,13 @@ async def kill_loop(simulator: tuple[Simulator, str], receiver: Receiver, tmp_pa
     assert duplicates <= rounds * 16  # only deliveries in flight at a kill ([delivery] concurrency each)
 
 
-def _pending(tmp_path: Path) -> int:
-    with sqlite3.connect(tmp_path / "state.db") as db:
-        return int(db.execute("SELECT count(*) FROM outbox WHERE state != 'done'").fetchone()[0])
+async def _settled(tmp_path: Path) -> bool:
+    """No delivery is left undone (pending, held or dead), as an operator command beside the daemon sees it."""
+    state = SQLiteState(tmp_path / "state.db", "operator")
+    try:
+        return sum(c.pending + c.held + c.dead for c in (await state.sink_counts()).values()) == 0
+    finally:
+        await state.close()
 
 
 async def test_sigkill_at_random_moments_loses_nothing(simulator: tuple[Simulator, str], receiver: Receiver,
@@ -119,8 +125,8 @@ async def test_state_locked_by_another_process_fails_the_poll_not_the_daemon(
     task = asyncio.create_task(service.run(install_signals=False))
     try:
         await until(lambda: baselined(service), what="baseline")
-        assert service.store is not None
-        service.store._db.execute("PRAGMA busy_timeout = 100")
+        assert isinstance(service.store, SQLiteState)
+        service.store.file.db.execute("PRAGMA busy_timeout = 100")
         holder = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
         holder.execute("BEGIN EXCLUSIVE")  # e.g. a backup tool holding the write lock
         lead = sim.add_lead(SERIAL_A)
@@ -171,11 +177,10 @@ async def test_full_disk_is_a_clear_error_and_nothing_half_written(
 
 def test_state_in_a_path_that_cannot_be_a_directory(tmp_path: Path) -> None:
     from notifier.exceptions import StateError
-    from notifier.store import Store
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(StateError, match="cannot create state file"):
-        Store(tmp_path / "file" / "state.db")
+        SQLiteState(tmp_path / "file" / "state.db")
 
 
 async def test_an_outcome_the_state_refuses_is_never_sent_again_meanwhile(
@@ -198,8 +203,8 @@ async def test_an_outcome_the_state_refuses_is_never_sent_again_meanwhile(
     task = asyncio.create_task(service.run(install_signals=False))
     try:
         await until(lambda: baselined(service), what="baseline")
-        assert service.store is not None and service.dispatcher is not None
-        service.store._db.execute("PRAGMA busy_timeout = 50")
+        assert isinstance(service.store, SQLiteState) and service.dispatcher is not None
+        service.store.file.db.execute("PRAGMA busy_timeout = 50")
         dispatcher = service.dispatcher
         sim.add_lead(SERIAL_A)
         await until(lambda: getattr(dispatcher, "_write_failures", 0) >= 3 or len(receiver.received) > 1,
@@ -273,8 +278,6 @@ async def test_state_forget_beside_a_running_daemon_loses_no_lead_and_keeps_the_
     """Issue 12.5: after `state forget` beside a running daemon the next answer was byte-identical,
     so the cached hash skipped the new baseline and the next new lead was "baselined", i.e. lost;
     and the delivered lead's ledger was erased."""
-    from notifier.store import Store
-
     sim, url = simulator
     service = Service(load_config(write_config(tmp_path, url, receiver.url)))
     task = asyncio.create_task(service.run(install_signals=False))
@@ -282,20 +285,31 @@ async def test_state_forget_beside_a_running_daemon_loses_no_lead_and_keeps_the_
         await until(lambda: baselined(service), what="baseline")
         first = sim.add_lead(SERIAL_A)
         await until(lambda: len(receiver.accepted) == 1, what="the first lead")
-        operator = Store(tmp_path / "state.db", lock=False, create=False)  # what `state forget` opens
+        operator = SQLiteState(tmp_path / "state.db", "operator")  # what `state forget` opens
         try:
-            operator.forget(SERIAL_A)
-            await until(lambda: operator.coverage(SERIAL_A) is not None, what="a new baseline after forget")
+            await operator.forget(SERIAL_A)
+
+            async def baselined_again() -> bool:
+                return await operator.coverage(SERIAL_A) is not None
+
+            await until(baselined_again, what="a new baseline after forget")
             second = sim.add_lead(SERIAL_A)
             await until(lambda: len(receiver.accepted) == 2, what="the next lead, notified")
             assert int(receiver.accepted[1].json["data"]["lead"]["SessionID"]) == second["SessionID"]
-            with sqlite3.connect(tmp_path / "state.db") as db:
-                rows = db.execute("SELECT session_id, notified FROM leads WHERE serial = ? ORDER BY session_id",
-                                  (SERIAL_A,)).fetchall()
-                ledger = db.execute("SELECT count(*) FROM attempts WHERE outcome = 'delivered'").fetchone()[0]
-            assert rows == [(first["SessionID"], 1), (second["SessionID"], 1)] and ledger == 2
+            async def delivered() -> int:  # the outcome is recorded just after the receiver's answer
+                return sum(attempt.outcome == "delivered"
+                           for lead in await operator.find_leads(LeadQuery(), with_attempts=True)
+                           for attempt in lead.attempts)
+
+            async def both_recorded() -> bool:
+                return await delivered() >= 2
+
+            await until(both_recorded, what="both deliveries in the ledger")
+            rows = sorted((lead.session_id, lead.notified)
+                          for lead in await operator.find_leads(LeadQuery(serial=SERIAL_A)))
+            assert rows == [(first["SessionID"], True), (second["SessionID"], True)] and await delivered() == 2
         finally:
-            operator.close()
+            await operator.close()
     finally:
         service.stop()
         await asyncio.wait_for(task, 10)

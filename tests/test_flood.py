@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from notifier import history, logs
+from notifier import logs
 from notifier.admin import outbox_list, outbox_retry
 from notifier.config import load_config, parse_config
 from notifier.exceptions import ConfigError
 from notifier.service import Service
 from notifier.simulator import Simulator
-from notifier.store import Store
+from notifier.state import LeadQuery, open_state
 
 from .conftest import SERIAL_A, Mailbox, Receiver, SlackStandIn, three_sinks, write_config
 
@@ -53,24 +53,24 @@ async def test_a_flood_digests_for_people_delivers_to_machines_and_holds_on_requ
     assert fired[0]["leads"] == 30 and fired[0]["flood_threshold"] == 20
     assert fired[0]["sinks"] == {"crm": "deliver", "mail": "digest", "screen": "hold", "slack": "digest"}
 
-    store = Store(config.state_path, lock=False)
+    state = await open_state(config, "operator")
     try:
-        held = history.outbox(store, state="held")
+        held = await state.outbox(state="held")
         assert len(held) == 30 and {r.sink for r in held} == {"screen"}
-        story = history.find_leads(store, limit=1, with_attempts=True)[0]
+        story = (await state.find_leads(LeadQuery(), limit=1, with_attempts=True))[0]
         assert [(a.sink, a.outcome) for a in story.attempts if a.sink == "screen"] == [("screen", "held")]
         assert "flood guard: 30 new leads" in (story.attempts[0].detail or "")
     finally:
-        store.close()
+        await state.close()
 
     listing = io.StringIO()
-    outbox_list(config, listing, state="pending", sink=None, as_json=False)
+    await outbox_list(config, listing, state="pending", sink=None, as_json=False)
     assert "0 pending deliveries (30 more held by the flood guard: --held)" in listing.getvalue()
 
     # a second run does not send held deliveries; `outbox retry --held` releases them as one summary
     assert await Service(config, stdout=screen).once() == []
     assert screen.getvalue() == ""
-    assert outbox_retry(config, io.StringIO(), ids=[], state="held", sink="screen") == 30
+    assert await outbox_retry(config, io.StringIO(), ids=[], state="held", sink="screen") == 30
     assert await Service(config, stdout=screen).once() == []
     assert screen.getvalue().startswith("# 30 new leads in one poll\n")
     assert screen.getvalue().count("\n") == 31

@@ -6,6 +6,7 @@ console, a message that the email package's strict policy parses without a defec
 
 from __future__ import annotations
 
+import asyncio
 import email.policy
 import itertools
 import json
@@ -28,7 +29,8 @@ from notifier.sinks.email import EmailConfig, build_message
 from notifier.sinks.render import load_timezone
 from notifier.sinks.slack import digest_blocks, lead_blocks
 from notifier.sinks.webhook import WebhookSink, webhook_body
-from notifier.store import Store
+from notifier.state import PollRecord
+from notifier.state.sqlite import SQLiteState
 from notifier.types import Delivery
 
 from .test_render_properties import slack_strings
@@ -92,20 +94,24 @@ _names = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
-    state = Store(tmp_path_factory.mktemp("fuzz") / "state.db")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SQLiteState]:
+    """One state for every example (a file each would be most of the run). It is bound to no
+    event loop: each example's own loop uses it, and it is closed after the last."""
+    state = SQLiteState(tmp_path_factory.mktemp("fuzz") / "state.db")
     yield state
-    state.close()
+    asyncio.run(state.close())
 
 
-def deliver_all(store: Store, parsed: ParsedRecords) -> list[Delivery]:
+async def deliver_all(store: SQLiteState, parsed: ParsedRecords) -> list[Delivery]:
     """What the poller and dispatcher do with a parsed answer: record every lead with a pending
-    delivery (for a sink name of this example alone) and read the deliveries back."""
+    delivery (for a sink name of this example alone) and claim the deliveries back."""
     sink = f"sink{next(_names)}"
     now = datetime.now(UTC)
-    store.record_poll(serial=SERIAL, chatbot="bot\r\n<!here>", covered_from_us=INT64_MIN, detected_at=now,
-                      notify=[(lead, (sink,)) for lead in parsed.leads], silent=[])
-    due = store.due(now.timestamp() + 1, [sink], 10_000)
+    await store.record_poll(PollRecord(serial=SERIAL, chatbot="bot\r\n<!here>", covered_from_us=INT64_MIN,
+                                       detected_at=now, notify=[(lead, (sink,)) for lead in parsed.leads], silent=[]))
+    groups = await store.claim(now.timestamp() + 1, {sink: 10_000}, lease=60)
+    assert all(len(group) == 1 for group in groups)  # no digest here: one delivery a message
+    due = [delivery for group in groups for delivery in group]
     assert len(due) == len(parsed.leads)
     return due
 
@@ -146,18 +152,20 @@ def check_parsed(parsed: ParsedRecords) -> None:
          ZONES[1])
 @example([{"Type": "Lead", "SessionID": 1, "CreateTime": "9999-12-30T12:00:00Z", "N": math.nan}, dict(GOOD)],
          ZONES[1])
-def test_records_go_through_parse_state_and_every_sink(store: Store, data: list[Any], zone: tzinfo) -> None:
+async def test_records_go_through_parse_state_and_every_sink(store: SQLiteState, data: list[Any],
+                                                             zone: tzinfo) -> None:
     parsed = parse_records(SERIAL, data)
     check_parsed(parsed)
     assert GOOD_KEY in {(lead.key.session_id, lead.key.created_us) for lead in parsed.leads}
-    deliveries = deliver_all(store, parsed)
+    deliveries = await deliver_all(store, parsed)
     assert GOOD_KEY in {(d.lead.key.session_id, d.lead.key.created_us) for d in deliveries}
     check_renderers(deliveries, zone)
 
 
 @FUZZ
 @given(answers(), st.booleans(), st.sampled_from(ZONES))
-def test_the_same_records_as_the_apis_bytes(store: Store, data: list[Any], ascii_only: bool, zone: tzinfo) -> None:
+async def test_the_same_records_as_the_apis_bytes(store: SQLiteState, data: list[Any], ascii_only: bool,
+                                                  zone: tzinfo) -> None:
     """As the vendor would send them: JSON text (NaN and Infinity included), lone surrogates as
     \\u escapes or, when not ASCII-only, written raw (then the bytes are not even UTF-8)."""
     text = json.dumps({"Success": True, "Code": 200, "Data": data}, ensure_ascii=ascii_only)
@@ -165,7 +173,7 @@ def test_the_same_records_as_the_apis_bytes(store: Store, data: list[Any], ascii
     parsed = parse_answer("bot", SERIAL, 200, body)
     check_parsed(parsed)
     assert GOOD_KEY in {(lead.key.session_id, lead.key.created_us) for lead in parsed.leads}
-    check_renderers(deliver_all(store, parsed), zone)
+    check_renderers(await deliver_all(store, parsed), zone)
 
 
 ENVELOPE = json.dumps({"Success": True, "Code": 200, "Message": "", "Data": [GOOD, GOOD | {"SessionID": 5}]}).encode()
@@ -191,8 +199,9 @@ def corrupted(draw: st.DrawFn) -> bytes:
 @example(b'{"Success": false, "Code": "\xc2\xb2"}', 200, None, None)
 @example(b"[" * 5000, 200, None, None)
 @example(b"", 301, None, "http://[::1")
-def test_any_bytes_as_the_answer_give_leads_or_an_api_error(store: Store, body: bytes, status: int,
-                                                           retry_after: float | None, location: str | None) -> None:
+async def test_any_bytes_as_the_answer_give_leads_or_an_api_error(store: SQLiteState, body: bytes, status: int,
+                                                                 retry_after: float | None,
+                                                                 location: str | None) -> None:
     try:
         parsed = parse_answer("bot", SERIAL, status, body, retry_after=retry_after, location=location)
     except ApiError as exc:
@@ -202,7 +211,7 @@ def test_any_bytes_as_the_answer_give_leads_or_an_api_error(store: Store, body: 
         return
     assert 200 <= status < 300
     check_parsed(parsed)
-    check_renderers(deliver_all(store, parsed), ZONES[1])
+    check_renderers(await deliver_all(store, parsed), ZONES[1])
 
 
 # -- and through the real sinks, on their real local receivers ------------------------------------
@@ -223,11 +232,11 @@ async def test_hostile_answer_reaches_every_real_sink(case: Case, tmp_path: Path
     parsed = parse_answer("bot", SERIAL, 200, HOSTILE_BODY)
     assert sorted(lead.key.session_id for lead in parsed.leads) == [12, 13]
     assert sorted(skip.code for skip in parsed.skipped) == ["create_time", "session_id"]
-    store = Store(tmp_path / "state.db")
+    state = SQLiteState(tmp_path / "state.db")
     try:
-        deliveries = deliver_all(store, parsed)
+        deliveries = await deliver_all(state, parsed)
     finally:
-        store.close()
+        await state.close()
     for delivery in deliveries:
         await case.sink.send(delivery)
     await case.sink.send_digest(deliveries)

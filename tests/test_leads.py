@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from notifier.leads import SKIP_CODES, RecordError, parse_instant, parse_records, to_micros
-from notifier.store import Store
+from notifier.state import PollRecord
+from notifier.state.sqlite import SQLiteState
 
 SAME_INSTANT = [
     "2023-11-23T18:36:21.512302-08:00",
@@ -162,7 +163,7 @@ def test_identity_at_the_edges_of_the_state_columns_is_kept() -> None:
     assert parsed.skipped == []
 
 
-def test_lone_surrogates_become_replacement_characters_and_the_record_survives(tmp_path: Path) -> None:
+async def test_lone_surrogates_become_replacement_characters_and_the_record_survives(tmp_path: Path) -> None:
     """A `\\ud800` escape cannot be written as UTF-8: the state (and every sink) failed on it."""
     hostile = record(SessionID=5, Name="Ann\ud800", Content="x\udfff\ud83d\ude00y", Extra={"k\udc00": ["\ud800"]})
     parsed = parse_records("s", [hostile])
@@ -171,14 +172,14 @@ def test_lone_surrogates_become_replacement_characters_and_the_record_survives(t
     assert lead.raw["Content"] == "x\ufffd\ufffd\ufffdy"
     assert lead.raw["Extra"] == {"k\ufffd": ["\ufffd"]}
     assert hostile["Name"] == "Ann\ud800"  # the caller's record is not changed
-    store = Store(tmp_path / "state.db")
+    state = SQLiteState(tmp_path / "state.db")
     try:
-        store.record_poll(serial="s", chatbot="bot", covered_from_us=0, detected_at=datetime.now(UTC),
-                          notify=[(lead, ("crm",))], silent=[])
-        (due,) = store.due(datetime.now(UTC).timestamp() + 1, ["crm"], 10)
+        await state.record_poll(PollRecord(serial="s", chatbot="bot", covered_from_us=0, detected_at=datetime.now(UTC),
+                                           notify=[(lead, ("crm",))], silent=[]))
+        ((due,),) = await state.claim(datetime.now(UTC).timestamp() + 1, {"crm": 10}, lease=60)
         assert due.lead.raw == lead.raw
     finally:
-        store.close()
+        await state.close()
 
 
 def test_clean_records_are_not_copied() -> None:

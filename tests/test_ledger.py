@@ -125,7 +125,10 @@ async def test_replay_beside_a_running_daemon_goes_through_it(
         await until(lambda: len(receiver.accepted) == 1, what="first delivery")
         assert service.store is not None
         store = service.store  # a delivery pending in the state is not replayed: wait until it is done
-        await until(lambda: store.sink_counts()["crm"].pending == 0, what="the first delivery marked done")
+        async def delivered() -> bool:
+            return (await store.sink_counts())["crm"].pending == 0
+
+        await until(delivered, what="the first delivery marked done")
         out = io.StringIO()
         assert await replay(config, out, sink="crm", session=lead["SessionID"], since=None) == 1
         assert "the running daemon" in out.getvalue()

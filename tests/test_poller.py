@@ -16,7 +16,8 @@ from notifier.leads import to_micros
 from notifier.poller import ChatbotPoller, request_window
 from notifier.simulator import Simulator
 from notifier.sinks.console import ConsoleConfig
-from notifier.store import Store
+from notifier.state import LeadQuery, Outcome, State
+from notifier.state.sqlite import SQLiteState
 
 from .conftest import API_KEY, SERIAL_A
 
@@ -55,12 +56,12 @@ NOW = datetime.now(UTC).replace(microsecond=123456)
 @pytest.fixture
 async def env(simulator: tuple[Simulator, str], tmp_path: Path) -> AsyncIterator[dict[str, object]]:
     sim, url = simulator
-    store = Store(tmp_path / "state.db")
+    state = SQLiteState(tmp_path / "state.db")
     async with aiohttp.ClientSession() as http:
         client = LeadListClient(http, url, timeout=2, throttler=make_throttler(1000), max_response_bytes=10**7,
                                 user_agent="t")
-        yield {"sim": sim, "store": store, "client": client}
-    store.close()
+        yield {"sim": sim, "state": state, "client": client}
+    await state.close()
 
 
 def make_poller(env: dict[str, object], first_run: str = "baseline", lookback: int = 2,
@@ -68,17 +69,24 @@ def make_poller(env: dict[str, object], first_run: str = "baseline", lookback: i
     sinks = sinks or {"all": ConsoleConfig(name="all", type="console")}
     bot = ChatbotConfig(name="alpha", serial_number=SERIAL_A, interval=1, lookback_days=lookback,
                         first_run=first_run, api_key=API_KEY, sinks=tuple(sinks))  # type: ignore[arg-type]
-    return ChatbotPoller(chatbot=bot, client=env["client"], store=env["store"], sinks=sinks,  # type: ignore[arg-type]
+    return ChatbotPoller(chatbot=bot, client=env["client"], store=env["state"], sinks=sinks,  # type: ignore[arg-type]
                          clock=clock or Clock(NOW))
 
 
-def queued_sessions(store: Store) -> list[int]:
-    return sorted(d.lead.key.session_id for d in store.due(NOW.timestamp() + 1e6, ["all", "appts"], 10_000))
+async def queued_sessions(state: State) -> list[int]:
+    """The session ids of the pending deliveries (one per sink)."""
+    return sorted(row.session_id for row in await state.outbox(state="pending", limit=10_000))
+
+
+async def delivered_sessions(state: State) -> list[int]:
+    """The session ids of every delivery, whatever its state (one per sink)."""
+    return sorted(lead.session_id for lead in await state.find_leads(LeadQuery(), limit=10_000)
+                  for _ in lead.sinks)
 
 
 async def test_baseline_then_only_new_leads(env: dict[str, object]) -> None:
-    sim, store = env["sim"], env["store"]
-    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    sim, state = env["sim"], env["state"]
+    assert isinstance(sim, Simulator) and isinstance(state, SQLiteState)
     for hours in (40, 10, 1):
         sim.add_lead(SERIAL_A, created=NOW - timedelta(hours=hours))
     poller = make_poller(env)
@@ -89,45 +97,45 @@ async def test_baseline_then_only_new_leads(env: dict[str, object]) -> None:
     fresh = sim.add_lead(SERIAL_A, created=NOW)
     result = await poller.poll_once()
     assert (result.new, result.queued) == (1, 1)
-    assert queued_sessions(store) == [fresh["SessionID"]]
+    assert await queued_sessions(state) == [fresh["SessionID"]]
 
 
 async def test_chatbot_without_leads_is_baselined_too(env: dict[str, object]) -> None:
-    sim, store = env["sim"], env["store"]
-    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    sim, state = env["sim"], env["state"]
+    assert isinstance(sim, Simulator) and isinstance(state, SQLiteState)
     poller = make_poller(env)
     await poller.poll_once()
-    assert store.coverage(SERIAL_A) is not None
+    assert await state.coverage(SERIAL_A) is not None
     first = sim.add_lead(SERIAL_A, created=NOW)
     await poller.poll_once()
-    assert queued_sessions(store) == [first["SessionID"]]
+    assert await queued_sessions(state) == [first["SessionID"]]
 
 
 async def test_first_run_notify_sends_the_window(env: dict[str, object]) -> None:
-    sim, store = env["sim"], env["store"]
-    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    sim, state = env["sim"], env["state"]
+    assert isinstance(sim, Simulator) and isinstance(state, SQLiteState)
     a = sim.add_lead(SERIAL_A, created=NOW - timedelta(days=1))
     b = sim.add_lead(SERIAL_A, created=NOW)
     sim.add_lead(SERIAL_A, created=NOW - timedelta(days=30))  # far outside the window
     await make_poller(env, first_run="notify").poll_once()
-    assert queued_sessions(store) == sorted([a["SessionID"], b["SessionID"]])
+    assert await queued_sessions(state) == sorted([a["SessionID"], b["SessionID"]])
 
 
 async def test_a_lead_that_appears_late_is_still_new(env: dict[str, object]) -> None:
-    sim, store = env["sim"], env["store"]
-    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    sim, state = env["sim"], env["state"]
+    assert isinstance(sim, Simulator) and isinstance(state, SQLiteState)
     poller = make_poller(env)
     await poller.poll_once()
     late = sim.add_lead(SERIAL_A, created=NOW - timedelta(days=1, hours=20))  # written late by the backend
     await poller.poll_once()
-    assert queued_sessions(store) == [late["SessionID"]]
+    assert await queued_sessions(state) == [late["SessionID"]]
 
 
 @pytest.mark.parametrize(("hours", "inclusive"), [(-12, True), (-12, False), (14, True), (14, False), (0, False)])
 async def test_any_server_timezone_or_end_reading_finds_a_lead_created_now(
         env: dict[str, object], hours: int, inclusive: bool) -> None:
-    sim, store = env["sim"], env["store"]
-    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    sim, state = env["sim"], env["state"]
+    assert isinstance(sim, Simulator) and isinstance(state, SQLiteState)
     sim.server_tz = timezone(timedelta(hours=hours))
     sim.end_inclusive = inclusive
     poller = make_poller(env)
@@ -135,44 +143,44 @@ async def test_any_server_timezone_or_end_reading_finds_a_lead_created_now(
     for minutes in (0, 1, 2):
         sim.add_lead(SERIAL_A, created=NOW - timedelta(minutes=minutes))
     await poller.poll_once()
-    assert len(queued_sessions(store)) == 3
+    assert len(await queued_sessions(state)) == 3
 
 
 async def test_longer_lookback_baselines_the_unwatched_part(env: dict[str, object]) -> None:
-    sim, store = env["sim"], env["store"]
-    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    sim, state = env["sim"], env["state"]
+    assert isinstance(sim, Simulator) and isinstance(state, SQLiteState)
     old = sim.add_lead(SERIAL_A, created=NOW - timedelta(days=6))
     await make_poller(env, lookback=2).poll_once()
-    assert (old["SessionID"], to_micros(old["CreateTime"])) not in store.seen_since(SERIAL_A, 0)
+    assert (old["SessionID"], to_micros(old["CreateTime"])) not in await state.seen_since(SERIAL_A, 0)
     result = await make_poller(env, lookback=10).poll_once()
     assert (result.new, result.baselined) == (0, 1)
-    assert queued_sessions(store) == []
+    assert await queued_sessions(state) == []
 
 
 async def test_keys_are_pruned_once_out_of_every_window(env: dict[str, object]) -> None:
-    sim, store = env["sim"], env["store"]
-    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    sim, state = env["sim"], env["state"]
+    assert isinstance(sim, Simulator) and isinstance(state, SQLiteState)
     sim.add_lead(SERIAL_A, created=NOW - timedelta(hours=1))
     clock = Clock(NOW)
     sim.clock = clock  # time passes for the API too: its Date header agrees with our clock
     poller = make_poller(env, clock=clock)
     poller.ledger_days = 0  # no delivery ledger to keep: keys go as soon as no window can return them
     await poller.poll_once()
-    assert store.lead_count(SERIAL_A) == 1
+    assert await state.count_leads(LeadQuery(serial=SERIAL_A)) == 1
     clock.now = NOW + timedelta(days=6)
     sim.add_lead(SERIAL_A, created=clock.now)  # the answer changes, so the poll does work
     await poller.poll_once()  # records the new lead
     await poller.poll_once()  # nothing new: prunes
-    assert store.lead_count(SERIAL_A) == 1
+    assert await state.count_leads(LeadQuery(serial=SERIAL_A)) == 1
     sim.ignore_dates = True  # a server that ignores startTime sends the pruned record again
     result = await poller.poll_once()
     assert result.records == 2 and result.new == 0
-    assert len(queued_sessions(store)) == 1
+    assert len(await queued_sessions(state)) == 1
 
 
 async def test_leads_stay_for_the_ledger_then_go(env: dict[str, object]) -> None:
-    sim, store = env["sim"], env["store"]
-    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    sim, state = env["sim"], env["state"]
+    assert isinstance(sim, Simulator) and isinstance(state, SQLiteState)
     sim.add_lead(SERIAL_A, created=NOW - timedelta(hours=1))
     clock = Clock(NOW)
     sim.clock = clock  # time passes for the API too: its Date header agrees with our clock
@@ -185,17 +193,18 @@ async def test_leads_stay_for_the_ledger_then_go(env: dict[str, object]) -> None
         clock.now = NOW + timedelta(days=days)
         sim.add_lead(SERIAL_A, created=clock.now)
         await poller.poll_once()  # records the new lead
-        store.mark_done([(d.id, None) for d in store.due(clock.now.timestamp(), ["all"], 10)], clock.now.timestamp())
+        claimed = await state.claim(clock.now.timestamp(), {"all": 10}, lease=60)
+        await state.settle([Outcome(tuple(d.id for d in group), "done", clock.now.timestamp()) for group in claimed])
         await poller.poll_once()  # nothing new: prunes
-        assert store.lead_count(SERIAL_A) == 2
+        assert await state.count_leads(LeadQuery(serial=SERIAL_A)) == 2
     sim.ignore_dates = True  # whatever the server sends again is still not new
     result = await poller.poll_once()
-    assert result.new == 0 and queued_sessions(store) == []
+    assert result.new == 0 and await queued_sessions(state) == []
 
 
 async def test_routing_by_type(env: dict[str, object]) -> None:
-    sim, store = env["sim"], env["store"]
-    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    sim, state = env["sim"], env["state"]
+    assert isinstance(sim, Simulator) and isinstance(state, SQLiteState)
     sinks = {"all": ConsoleConfig(name="all", type="console"),
              "appts": ConsoleConfig(name="appts", type="console", types=frozenset({"Appointment"}))}
     poller = make_poller(env, sinks=sinks)
@@ -203,32 +212,32 @@ async def test_routing_by_type(env: dict[str, object]) -> None:
     sim.add_lead(SERIAL_A, type="Lead", created=NOW)
     sim.add_lead(SERIAL_A, type="Appointment", created=NOW)
     await poller.poll_once()
-    due = store.due(NOW.timestamp() + 10, ["all", "appts"], 10)
-    assert sorted((d.sink, d.lead.type) for d in due) == [
+    due = await state.outbox(state="pending")
+    assert sorted((row.sink, row.type) for row in due) == [
         ("all", "Appointment"), ("all", "Lead"), ("appts", "Appointment")]
 
 
 async def test_api_failure_changes_nothing(env: dict[str, object]) -> None:
-    sim, store = env["sim"], env["store"]
-    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    sim, state = env["sim"], env["state"]
+    assert isinstance(sim, Simulator) and isinstance(state, SQLiteState)
     poller = make_poller(env)
     sim.fail(envelope={"Success": False, "Code": 401, "Message": "Invalid secret key"})
     with pytest.raises(ApiError, match="Invalid secret key"):
         await poller.poll_once()
-    assert store.coverage(SERIAL_A) is None
-    assert store.lead_count() == 0
+    assert await state.coverage(SERIAL_A) is None
+    assert await state.count_leads(LeadQuery()) == 0
 
 
 async def test_malformed_records_beside_good_ones(env: dict[str, object]) -> None:
-    sim, store = env["sim"], env["store"]
-    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    sim, state = env["sim"], env["state"]
+    assert isinstance(sim, Simulator) and isinstance(state, SQLiteState)
     poller = make_poller(env)
     await poller.poll_once()
     good = sim.add_lead(SERIAL_A, created=NOW)
     sim.fail(extra_records=[{"Type": "Lead"}, None, {"SessionID": 1, "CreateTime": "soon", "Type": "Lead"}])
     result = await poller.poll_once()
     assert (result.new, result.skipped) == (1, 3)
-    assert queued_sessions(store) == [good["SessionID"]]
+    assert await queued_sessions(state) == [good["SessionID"]]
 
 
 async def test_poll_status_tracks_failures(env: dict[str, object]) -> None:
@@ -274,8 +283,8 @@ async def test_a_clock_40_days_ahead_and_back_loses_no_lead_and_rewrites_no_hist
         env: dict[str, object]) -> None:
     """Issue 12.4: with the clock 40 days ahead, pruning forgot every key and coverage jumped past
     the leads created meanwhile, which were "baselined, not notified" once the clock came back."""
-    sim, store = env["sim"], env["store"]
-    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    sim, state = env["sim"], env["state"]
+    assert isinstance(sim, Simulator) and isinstance(state, SQLiteState)
     api_time = Clock(NOW)
     sim.clock = api_time
     old = sim.add_lead(SERIAL_A, created=NOW - timedelta(hours=1))
@@ -293,11 +302,9 @@ async def test_a_clock_40_days_ahead_and_back_loses_no_lead_and_rewrites_no_hist
     late = sim.add_lead(SERIAL_A)
     assert (await poller.poll_once()).new == 1
     assert clock_problem(poller) is None
-    queued = store.db.execute("SELECT l.session_id FROM outbox o JOIN leads l ON l.id = o.lead_id "
-                              "WHERE o.state = 'pending' ORDER BY l.session_id").fetchall()
-    assert queued == [(meanwhile["SessionID"],), (late["SessionID"],)]
-    notified = dict(store.db.execute("SELECT session_id, notified FROM leads"))
-    assert notified == {old["SessionID"]: 0, meanwhile["SessionID"]: 1, late["SessionID"]: 1}
+    assert await queued_sessions(state) == [meanwhile["SessionID"], late["SessionID"]]
+    notified = {lead.session_id: lead.notified for lead in await state.find_leads(LeadQuery())}
+    assert notified == {old["SessionID"]: False, meanwhile["SessionID"]: True, late["SessionID"]: True}
 
 
 async def test_a_first_start_ten_years_behind_baselines_by_the_apis_clock(env: dict[str, object]) -> None:
@@ -305,8 +312,8 @@ async def test_a_first_start_ten_years_behind_baselines_by_the_apis_clock(env: d
     NTP corrected it, the chatbot's three existing leads were notified as new. Now the baseline
     follows the API's Date, so it holds what exists, and a lead created while our clock is still
     wrong is notified (review: waiting for the clock baselined it silently)."""
-    sim, store = env["sim"], env["store"]
-    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    sim, state = env["sim"], env["state"]
+    assert isinstance(sim, Simulator) and isinstance(state, SQLiteState)
     sim.clock = Clock(NOW)
     existing = [sim.add_lead(SERIAL_A, created=NOW - timedelta(hours=h)) for h in (1, 2, 3)]
     ours = Clock(NOW - timedelta(days=3650))
@@ -318,16 +325,14 @@ async def test_a_first_start_ten_years_behind_baselines_by_the_apis_clock(env: d
     ours.now = NOW  # NTP corrects it: nothing old turns new
     late = sim.add_lead(SERIAL_A)
     assert (await poller.poll_once()).new == 1
-    queued = store.db.execute("SELECT l.session_id FROM outbox o JOIN leads l ON l.id = o.lead_id "
-                              "ORDER BY l.session_id").fetchall()
-    assert queued == [(fresh["SessionID"],), (late["SessionID"],)]
+    assert await delivered_sessions(state) == [fresh["SessionID"], late["SessionID"]]
 
 
 async def test_an_api_whose_date_is_40_days_ahead_loses_no_lead_either(env: dict[str, object]) -> None:
     """The API's Date is a witness, not the truth: with it 40 days ahead and our clock right, both
     windows are asked, so the lead created now is found and notified, not baselined or ignored."""
-    sim, store = env["sim"], env["store"]
-    assert isinstance(sim, Simulator) and isinstance(store, Store)
+    sim, state = env["sim"], env["state"]
+    assert isinstance(sim, Simulator) and isinstance(state, SQLiteState)
     sim.add_lead(SERIAL_A, created=NOW - timedelta(hours=1))
     sim.clock = Clock(NOW + timedelta(days=40))  # only its Date header and default CreateTime
     poller = make_poller(env, clock=Clock(NOW))
@@ -335,4 +340,4 @@ async def test_an_api_whose_date_is_40_days_ahead_loses_no_lead_either(env: dict
     assert (result.new, result.baselined) == (0, 1) and poller.clocks.problem is not None
     lead = sim.add_lead(SERIAL_A, created=NOW + timedelta(minutes=1))
     assert (await poller.poll_once()).new == 1
-    assert queued_sessions(store) == [lead["SessionID"]]
+    assert await queued_sessions(state) == [lead["SessionID"]]

@@ -19,7 +19,8 @@ from notifier.poller import ChatbotPoller
 from notifier.scheduler import JITTER, STARTUP_RATE, PollScheduler, first_due, next_due, poll_all
 from notifier.simulator import Simulator, start_simulator
 from notifier.sinks.console import ConsoleConfig
-from notifier.store import Store
+from notifier.state import State
+from notifier.state.sqlite import SQLiteState
 
 from .conftest import API_KEY, until
 
@@ -27,25 +28,25 @@ SINKS = {"all": ConsoleConfig(name="all", type="console")}
 
 
 @pytest.fixture
-async def slow_api(tmp_path: Path) -> AsyncIterator[tuple[Simulator, LeadListClient, Store]]:
+async def slow_api(tmp_path: Path) -> AsyncIterator[tuple[Simulator, LeadListClient, State]]:
     sim = Simulator(api_keys={API_KEY}, keep_requests=10**6)
     runner, url = await start_simulator(sim)
-    store = Store(tmp_path / "state.db")
+    state = SQLiteState(tmp_path / "state.db")
     async with aiohttp.ClientSession() as http:
         yield sim, LeadListClient(http, url, timeout=5, throttler=make_throttler(10_000),
-                                  max_response_bytes=10**7, user_agent="t"), store
-    store.close()
+                                  max_response_bytes=10**7, user_agent="t"), state
+    await state.close()
     await runner.cleanup()
 
 
-def pollers(sim: Simulator, client: LeadListClient, store: Store, intervals: list[float]) -> list[ChatbotPoller]:
+def pollers(sim: Simulator, client: LeadListClient, state: State, intervals: list[float]) -> list[ChatbotPoller]:
     out = []
     for i, interval in enumerate(intervals):
         serial = f"{i:032x}"
         sim.add_chatbot(serial)
         bot = ChatbotConfig(name=f"bot{i}", serial_number=serial, interval=interval, lookback_days=2,
                             first_run="baseline", api_key=API_KEY, sinks=("all",))
-        out.append(ChatbotPoller(chatbot=bot, client=client, store=store, sinks=SINKS,
+        out.append(ChatbotPoller(chatbot=bot, client=client, store=state, sinks=SINKS,
                                  clock=lambda: datetime.now(UTC)))
     return out
 
@@ -55,10 +56,10 @@ def polls_per_chatbot(sim: Simulator) -> Counter[str]:
 
 
 async def test_polls_in_flight_never_exceed_the_workers(
-        slow_api: tuple[Simulator, LeadListClient, Store]) -> None:
-    sim, client, store = slow_api
+        slow_api: tuple[Simulator, LeadListClient, State]) -> None:
+    sim, client, state = slow_api
     sim.latency = 0.05
-    bots = pollers(sim, client, store, [0.2] * 30)
+    bots = pollers(sim, client, state, [0.2] * 30)
     task = asyncio.create_task(PollScheduler(bots, workers=3).run())
     try:
         await until(lambda: len(polls_per_chatbot(sim)) == 30 and min(polls_per_chatbot(sim).values()) >= 2,
@@ -71,9 +72,9 @@ async def test_polls_in_flight_never_exceed_the_workers(
 
 
 async def test_a_short_interval_is_not_held_up_by_a_long_one(
-        slow_api: tuple[Simulator, LeadListClient, Store]) -> None:
-    sim, client, store = slow_api
-    slow, fast = pollers(sim, client, store, [3600, 0.05])
+        slow_api: tuple[Simulator, LeadListClient, State]) -> None:
+    sim, client, state = slow_api
+    slow, fast = pollers(sim, client, state, [3600, 0.05])
     task = asyncio.create_task(PollScheduler([slow, fast], workers=2).run())
     try:  # the scheduler sleeps towards the hour-long due time and must wake for the short one
         await until(lambda: fast.status.polls >= 5, timeout=10, what="five polls of the short interval")
@@ -84,23 +85,23 @@ async def test_a_short_interval_is_not_held_up_by_a_long_one(
 
 
 async def test_cancelling_stops_polls_in_flight_and_every_worker(
-        slow_api: tuple[Simulator, LeadListClient, Store]) -> None:
-    sim, client, store = slow_api
+        slow_api: tuple[Simulator, LeadListClient, State]) -> None:
+    sim, client, state = slow_api
     sim.latency = 1.0  # answers still on their way when the scheduler is cancelled
-    bots = pollers(sim, client, store, [1.0] * 4)
+    bots = pollers(sim, client, state, [1.0] * 4)
     task = asyncio.create_task(PollScheduler(bots, workers=2).run())
     await until(lambda: sim.in_flight == 2, timeout=10, what="two polls in flight")
     task.cancel()
     await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), timeout=5)
     assert [t for t in asyncio.all_tasks() if t.get_name().startswith("poll-worker")] == []
-    assert store.coverage(bots[0].chatbot.serial_number) is None  # nothing half-recorded
+    assert await state.coverage(bots[0].chatbot.serial_number) is None  # nothing half-recorded
 
 
 async def test_poll_all_bounds_the_polls_and_names_the_failures(
-        slow_api: tuple[Simulator, LeadListClient, Store]) -> None:
-    sim, client, store = slow_api
+        slow_api: tuple[Simulator, LeadListClient, State]) -> None:
+    sim, client, state = slow_api
     sim.latency = 0.02
-    bots = pollers(sim, client, store, [60.0] * 8)
+    bots = pollers(sim, client, state, [60.0] * 8)
     sim.fail(status=502, body=b"Bad Gateway", serial=bots[5].chatbot.serial_number)
     results = await poll_all(bots, workers=3)
     assert results == [True] * 5 + [False] + [True] * 2
@@ -116,9 +117,9 @@ def test_first_polls_spread_over_the_interval_or_faster() -> None:
 
 
 async def test_next_due_keeps_the_phase_and_backs_off_after_failures(
-        slow_api: tuple[Simulator, LeadListClient, Store]) -> None:
-    sim, client, store = slow_api
-    (bot,) = pollers(sim, client, store, [10.0])
+        slow_api: tuple[Simulator, LeadListClient, State]) -> None:
+    sim, client, state = slow_api
+    (bot,) = pollers(sim, client, state, [10.0])
     for _ in range(50):
         on_time = next_due(bot, due=100.0, ok=True, now=100.2)
         assert 100 + 10 * (1 - JITTER) <= on_time <= 100 + 10 * (1 + JITTER)
@@ -132,10 +133,10 @@ async def test_next_due_keeps_the_phase_and_backs_off_after_failures(
     assert max(waits) <= 120 * (1 + JITTER)
 
 
-async def test_the_apis_retry_after_is_honoured(slow_api: tuple[Simulator, LeadListClient, Store]) -> None:
+async def test_the_apis_retry_after_is_honoured(slow_api: tuple[Simulator, LeadListClient, State]) -> None:
     """Issue 12.9: an API `Retry-After: 3600` was ignored (retries came at 0.8 to 15 s)."""
-    sim, client, store = slow_api
-    (bot,) = pollers(sim, client, store, [10.0])
+    sim, client, state = slow_api
+    (bot,) = pollers(sim, client, state, [10.0])
     sim.fail(status=429, envelope={"Success": False, "Code": 429, "Message": "slow down"},
              headers={"Retry-After": "3600"})
     assert not await bot.poll_logged()

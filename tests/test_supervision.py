@@ -11,6 +11,7 @@ from aiohttp import web
 from notifier.config import load_config
 from notifier.service import Service
 from notifier.simulator import Simulator
+from notifier.state.sqlite import SQLiteState
 from notifier.supervisor import Supervisor
 
 from .conftest import SERIAL_A, SERIAL_B, Receiver, baselined, serve, until, write_config
@@ -92,15 +93,15 @@ async def test_a_state_read_error_pauses_delivery_visibly_and_it_resumes(
     task = asyncio.create_task(service.run(install_signals=False))
     try:
         await until(lambda: baselined(service), what="baseline")
-        assert service.store is not None and service.dispatcher is not None
+        assert isinstance(service.store, SQLiteState) and service.dispatcher is not None
         service.dispatcher.state_retry = (0.05, 0.1)
-        service.store.db.execute("ALTER TABLE outbox RENAME TO outbox_away")  # every due query now fails
+        service.store.file.db.execute("ALTER TABLE outbox RENAME TO outbox_away")  # every due query now fails
         service.dispatcher.wake()
         await until(lambda: any(p.startswith("delivery: ") for p in service.problems()), what="the problem shown")
         dispatcher = service.dispatcher
         await until(lambda: dispatcher._write_failures >= 3, what="three tries of the state")
         assert dispatcher.outages == 1  # one log line for the outage, not one per try
-        service.store.db.execute("ALTER TABLE outbox_away RENAME TO outbox")
+        service.store.file.db.execute("ALTER TABLE outbox_away RENAME TO outbox")
         lead = sim.add_lead(SERIAL_A)
         await until(lambda: [int(r.json["data"]["lead"]["SessionID"]) for r in receiver.accepted]
                     == [lead["SessionID"]], what="delivery resumed")

@@ -1,0 +1,293 @@
+"""The state in a PostgreSQL database, behind the one async interface (state/interface.py): for
+several daemons on one state (claims lease deliveries, so no two send the same one), or a
+database the operators already run.
+
+A small pool (1 to 4 connections) serves every call, each call one transaction. Nothing is kept
+on a server connection between transactions (no prepared statements, no SET, no session advisory
+locks), so the URL may point at PgBouncer in transaction-pooling mode. A call that fails because
+of the server (unreachable, restarted, the connection killed) raises StateUnavailable, and makes
+the pool test its idle connections, so the next call finds a working one; nothing from psycopg
+leaves this package.
+
+Opening connects once on its own first, so a server that cannot be reached is reported as libpq
+says it (without the password), and creates or upgrades the schema (schema.py). Daemons and
+senders register as instances (registry.py); daemons listen for operator changes (listener.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Concatenate, ParamSpec, TypeVar
+from uuid import uuid4
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import AsyncConnectionPool
+
+from ...exceptions import StateError, StateUnavailable
+from ...types import Delivery
+from ..location import url_problem
+from ..opening import Role
+from ..records import (
+    Instance,
+    LeadQuery,
+    LeadRecord,
+    Migrated,
+    OutboxRow,
+    Outcome,
+    Parked,
+    PollRecord,
+    Requeued,
+    SinkCounts,
+    Snapshot,
+    Unsettled,
+)
+from ..times import moment_us, us
+from . import deliveries, polls, queries, registry, schema
+from .deliveries import LIVE
+from .errors import FAILURES, UNAVAILABLE, Where
+from .listener import Listener
+from .moving import export, import_snapshot
+
+P = ParamSpec("P")
+R = TypeVar("R")
+Conn = psycopg.AsyncConnection[Any]
+
+POOL_SIZE = (1, 4)  # connections: a daemon's polls and deliveries rarely need more at once
+CONNECT_TIMEOUT = 5  # seconds for one connection (libpq's connect_timeout), unless the URL says
+POOL_TIMEOUT = 10.0  # seconds a call waits for a free connection before it is StateUnavailable
+CALL_DEADLINE = 30.0  # seconds a daemon's (or sender's) call may take: a server that hangs stops nothing
+CLOSE_TIMEOUT = 2.0  # seconds closing may take for its last write
+KEEP_ALIVE = LIVE / 3  # seconds between the refreshes of a sender's (or a daemon's) instance row
+
+
+class PostgresState:
+    def __init__(self, pool: AsyncConnectionPool[Any], where: Where, role: Role, instance: str) -> None:
+        self._pool = pool
+        self._where = where
+        self.role = role
+        self.instance = instance
+        self.description = where.text
+        self._listener: Listener | None = None
+        self._keeping: asyncio.Task[None] | None = None
+        self._checking: asyncio.Task[None] | None = None
+        self._closed = False
+        self._registers = role in ("daemon", "sender")  # the processes that claim deliveries
+        # an operator's query (a big export, `leads` over a long ledger) may take as long as it takes
+        self.deadline: float | None = CALL_DEADLINE if self._registers else None
+
+    @classmethod
+    async def open(cls, url: str, role: Role = "daemon") -> PostgresState:
+        where = Where(url)
+        problem = url_problem(url)
+        if problem is not None:
+            raise StateError(f"state URL {where.text} {problem}")
+        try:
+            options: dict[str, Any] = {"prepare_threshold": None}
+            if "connect_timeout" not in conninfo_to_dict(url):
+                options["connect_timeout"] = CONNECT_TIMEOUT
+            conn = await psycopg.AsyncConnection.connect(url, autocommit=True, **options)
+        except FAILURES as exc:
+            raise StateError(f"cannot reach the state database {where.text}: {where.reason(exc)}") from None
+        try:
+            async with conn:
+                await schema.migrate(conn, create=role in ("daemon", "migrate"), where=where)
+        except FAILURES as exc:
+            raise StateError(f"state database {where.text}: cannot prepare its schema: "
+                             f"{where.reason(exc)}") from None
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            url, min_size=POOL_SIZE[0], max_size=POOL_SIZE[1], open=False, timeout=POOL_TIMEOUT,
+            name="smarterbot-notifier-state", kwargs={**options, "autocommit": False})
+        try:
+            await pool.open(wait=True, timeout=POOL_TIMEOUT)
+        except FAILURES as exc:
+            await pool.close()
+            raise StateError(f"cannot reach the state database {where.text}: {where.reason(exc)}") from None
+        state = cls(pool, where, role, f"{socket.gethostname()}:{os.getpid()}:{uuid4().hex[:8]}")
+        try:
+            await state._start(url, options)
+        except BaseException:
+            await state.close()
+            raise
+        return state
+
+    async def _start(self, url: str, options: dict[str, Any]) -> None:
+        if not self._registers:
+            return
+        await self._tx("registering this process", registry.register, self.instance, time.time())
+        self._keeping = asyncio.create_task(self._keep_alive(), name="state-keep-alive")
+        if self.role == "daemon":
+            self._listener = Listener(url, self._where, options)
+            await self._listener.start(wait=CONNECT_TIMEOUT + 1.0)
+
+    @property
+    def problem(self) -> str | None:
+        return None  # nothing stands in the way of writes but the server, and each call says that
+
+    async def close(self) -> None:
+        """Best effort: the server may be gone, and closing never fails because of it."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._listener is not None:
+            await self._listener.close()
+        tasks = [task for task in (self._keeping, self._checking) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._registers:
+            with contextlib.suppress(StateError, TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await self._tx("unregistering this process", registry.unregister, self.instance, time.time())
+        with contextlib.suppress(*FAILURES):
+            await self._pool.close(timeout=CLOSE_TIMEOUT)
+
+    # -- transactions -------------------------------------------------------------------
+    async def _tx(self, what: str, work: Callable[Concatenate[Conn, P], Awaitable[R]],
+                  *args: P.args, **kwargs: P.kwargs) -> R:
+        """`work` in one transaction of a pooled connection; `what` names it in an error. Past the
+        deadline the query is cancelled (psycopg cancels it on the server too) and nothing of it
+        was written, as with any failure; a commit cut off may or may not have been, as when the
+        connection drops during a commit."""
+        try:
+            async with asyncio.timeout(self.deadline):
+                async with self._pool.connection() as conn, conn.transaction():
+                    return await work(conn, *args, **kwargs)
+        except TimeoutError:  # the deadline (psycopg reports its own timeouts as OperationalError)
+            self._check_pool()
+            raise StateUnavailable(f"state database {self._where.text}: {what} failed: no answer within "
+                                   f"{self.deadline:g} s") from None
+        except FAILURES as exc:
+            if isinstance(exc, UNAVAILABLE):
+                self._check_pool()
+            raise self._where.failure(what, exc) from None
+
+    def _check_pool(self) -> None:
+        """After a server failure every idle connection may be dead (a restart kills them all):
+        the pool tests them in the background and replaces those that are."""
+        if self._closed or (self._checking is not None and not self._checking.done()):
+            return
+
+        async def check() -> None:
+            with contextlib.suppress(Exception):
+                await self._pool.check()
+
+        self._checking = asyncio.create_task(check(), name="state-pool-check")
+
+    async def _keep_alive(self) -> None:
+        """A process that claims is alive: its row stays fresh between (or without) heartbeats,
+        so a daemon starting beside a long `replay` or `once` never releases their claims."""
+        while True:
+            await asyncio.sleep(KEEP_ALIVE)
+            with contextlib.suppress(StateError):
+                await self._tx("keeping this process registered", registry.keep_alive, self.instance, time.time())
+
+    # -- polls --------------------------------------------------------------------------
+    async def coverage(self, serial: str) -> int | None:
+        return await self._tx("reading a chatbot's coverage", polls.coverage, serial)
+
+    async def seen_since(self, serial: str, since_us: int) -> set[tuple[int, int]]:
+        return await self._tx("reading seen leads", polls.seen_since, serial, since_us)
+
+    async def record_poll(self, poll: PollRecord) -> int:
+        return await self._tx("recording a poll", polls.record, poll)
+
+    async def prune(self, serial: str, horizon_us: int, ledger_before: float | None = None) -> int:
+        return await self._tx("pruning seen leads", polls.prune, serial, horizon_us, ledger_before)
+
+    async def forget(self, serial: str, *, dry_run: bool = False) -> int:
+        return await self._tx("forgetting a chatbot", polls.forget_announced, serial, dry_run)
+
+    def changed_elsewhere(self) -> int:
+        return 0 if self._listener is None else self._listener.count
+
+    # -- deliveries ---------------------------------------------------------------------
+    async def claim(self, now: float, wanted: Mapping[str, int], *, lease: float,
+                    only: Collection[int] | None = None) -> list[list[Delivery]]:
+        wanted = {sink: n for sink, n in wanted.items() if n > 0}
+        if not wanted:
+            return []
+        return await self._tx("claiming deliveries", deliveries.claim, us(now), wanted, us(lease), self.instance, only)
+
+    async def next_due(self, sinks: Collection[str], *, after: float | None = None,
+                       only: Collection[int] | None = None) -> float | None:
+        if not sinks:
+            return None
+        return await self._tx("reading the next due time", deliveries.next_due, sinks, after, only)
+
+    async def settle(self, outcomes: Sequence[Outcome], *, force: bool = False) -> None:
+        if outcomes:
+            await self._tx("recording delivery outcomes", deliveries.settle, outcomes, self.instance)
+
+    async def release_claims(self, now: float) -> int:
+        return await self._tx("releasing claims", deliveries.release_claims, us(now), self.instance)
+
+    async def pull_in(self, now: float, latest: float) -> int:
+        return await self._tx("pulling in deliveries", deliveries.pull_in, us(now), us(latest))
+
+    async def reschedule_after_clock_step(self, now: float, step: float) -> int:
+        return await self._tx("rescheduling deliveries", deliveries.reschedule, us(now), us(step))
+
+    async def count_pending(self, ids: Collection[int]) -> int:
+        return await self._tx("counting pending deliveries", deliveries.count_pending, ids)
+
+    # -- operator -----------------------------------------------------------------------
+    async def sink_counts(self) -> dict[str, SinkCounts]:
+        return await self._tx("counting deliveries", queries.sink_counts)
+
+    async def chatbots(self) -> dict[str, str]:
+        return await self._tx("reading chatbots", queries.chatbots)
+
+    async def new_since(self, since: datetime) -> dict[str, int]:
+        return await self._tx("counting new leads", queries.new_since, moment_us(since))
+
+    async def outbox(self, *, state: Unsettled = "pending", sink: str | None = None,
+                     limit: int = 100) -> list[OutboxRow]:
+        return await self._tx("reading the outbox", queries.outbox, state, sink, limit)
+
+    async def requeue(self, now: float, *, state: Unsettled, sink: str | None = None,
+                      why: str = "outbox retry") -> int:
+        return await self._tx("requeueing deliveries", queries.requeue, now, state, sink, why)
+
+    async def requeue_ids(self, now: float, ids: Sequence[int], *, sink: str | None = None,
+                          why: str = "outbox retry") -> Requeued:
+        return await self._tx("requeueing deliveries", queries.requeue_ids, now, ids, sink, why)
+
+    async def purge(self, state: Parked, older_than: float | None, sink: str | None = None) -> int:
+        return await self._tx("purging deliveries", queries.purge, state, older_than, sink)
+
+    async def find_leads(self, query: LeadQuery, *, limit: int = 100,
+                         with_attempts: bool = False) -> list[LeadRecord]:
+        return await self._tx("reading leads", queries.find_leads, query, limit, with_attempts)
+
+    async def count_leads(self, query: LeadQuery) -> int:
+        return await self._tx("counting leads", queries.count_leads, query)
+
+    async def leads_by_webhook_id(self, wanted: str) -> list[int]:
+        return await self._tx("finding leads by webhook-id", queries.leads_by_webhook_id, wanted)
+
+    async def replay(self, sink: str, lead_ids: Sequence[int], now: float, *, digest: bool) -> list[int]:
+        return await self._tx("queueing replays", queries.replay, sink, lead_ids, now, digest)
+
+    # -- coordination -------------------------------------------------------------------
+    async def heartbeat(self, now: float, status: Mapping[str, Any]) -> str | None:
+        await self._tx("writing the heartbeat", registry.heartbeat, self.instance, now, status)
+        return self.problem
+
+    async def instances(self, now: float) -> list[Instance]:
+        return await self._tx("reading instances", registry.listed, now)
+
+    async def schema_state(self) -> str:
+        return schema.describe(await self._tx("reading the schema version", schema.schema_version, self._where))
+
+    # -- moving -------------------------------------------------------------------------
+    async def export(self) -> Snapshot:
+        return await self._tx("exporting the state", export)
+
+    async def import_snapshot(self, snapshot: Snapshot) -> Migrated:
+        return await self._tx("importing a snapshot", import_snapshot, snapshot)

@@ -1,0 +1,186 @@
+"""Claim and settle in the PostgreSQL state, for any number of instances on one database.
+
+A claim locks the due rows it takes with FOR UPDATE SKIP LOCKED, so instances claiming at once
+never wait for each other and never take the same delivery; it leases them (a due time past the
+lease, and `claim` = this instance) before it commits. A settle writes a dispatcher turn's
+outcomes and their ledger lines in one statement per kind of outcome, over arrays: a handful of
+round trips whatever the number. Functions of a connection inside a transaction; the backend
+owns the transactions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from ...leads import lead_from_stored
+from ...types import Delivery, LeadKey
+from ..records import Outcome
+from ..times import cut, moment, seconds, us
+
+Conn = AsyncConnection[Any]
+LIVE = 30.0  # seconds: an instance whose last heartbeat is older is gone, and its claims are due again
+FORGOTTEN = 86_400.0  # seconds: an instance gone this long is no longer listed
+
+_COLUMNS = ("o.id, o.sink, o.attempts, o.batch, l.serial, l.session_id, l.created_us, l.chatbot, l.type, l.raw, "
+            "l.detected_at_us")
+# every sink at once, each oldest first, served by the outbox_pending index (sink, next_at_us);
+# rows another instance is claiming right now are skipped, not waited for
+_DUE = ("SELECT w.ord, {columns} FROM unnest(%(sinks)s::text[], %(limits)s::bigint[]) "
+        "WITH ORDINALITY AS w(sink, n, ord) "
+        "CROSS JOIN LATERAL (SELECT * FROM outbox o WHERE o.state = 'pending' AND o.sink = w.sink "
+        "AND o.next_at_us <= %(now)s {only}ORDER BY o.next_at_us, o.id LIMIT w.n FOR UPDATE SKIP LOCKED) o "
+        "JOIN leads l ON l.id = o.lead_id ORDER BY w.ord, o.next_at_us, o.id")
+_ONLY = "AND o.id = ANY(%(only)s::bigint[]) "
+# a digest's whole batch: every due row of it (whatever `only` says, as in SQLite)
+_BATCHES = (f"SELECT {_COLUMNS} FROM outbox o JOIN leads l ON l.id = o.lead_id "  # noqa: S608
+            "WHERE (o.sink, o.batch) IN (SELECT * FROM unnest(%(sinks)s::text[], %(batches)s::bigint[])) "
+            "AND o.state = 'pending' AND o.next_at_us <= %(now)s ORDER BY o.id FOR UPDATE OF o SKIP LOCKED")
+_LEDGER_OUTCOME = {"done": "delivered", "retry": "retry", "dead": "dead"}
+
+
+async def claim(conn: Conn, now_us: int, wanted: Mapping[str, int], lease_us: int, instance: str,
+                only: Collection[int] | None) -> list[list[Delivery]]:
+    """As SQLite's claim: up to `wanted[sink]` rows of each sink; a digest row brings its batch
+    (rows of it already taken are not counted again)."""
+    sinks = [sink for sink, n in wanted.items() if n > 0]
+    if not sinks:
+        return []
+    values: dict[str, Any] = {"sinks": sinks, "limits": [wanted[sink] for sink in sinks], "now": now_us,
+                              "only": None if only is None else sorted(only)}
+    sql = _DUE.format(columns=_COLUMNS, only="" if only is None else _ONLY)
+    cursor = await conn.execute(sql, values)
+    rows = await cursor.fetchall()
+    if not rows:
+        return []
+    heads = {(row[2], row[4]) for row in rows if row[4] is not None}  # (sink, batch)
+    batches: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
+    if heads:
+        cursor = await conn.execute(_BATCHES, {"sinks": [s for s, _ in heads], "batches": [b for _, b in heads],
+                                               "now": now_us})
+        for row in await cursor.fetchall():
+            batches.setdefault((row[1], row[3]), []).append(row)
+    groups: list[list[Delivery]] = []
+    taken: set[int] = set()
+    found: dict[int, int] = {}
+    for ord_, *row in rows:
+        if row[0] in taken or found.get(ord_, 0) >= wanted[row[1]]:
+            continue
+        batch = row[3]
+        members = [tuple(row)] if batch is None else batches.get((row[1], batch), [])
+        group = [_delivery(r) for r in members if r[0] not in taken] or [_delivery(tuple(row))]
+        taken.update(d.id for d in group)
+        groups.append(group)
+        found[ord_] = found.get(ord_, 0) + 1
+    await conn.execute("UPDATE outbox SET next_at_us = %s, claim = %s WHERE id = ANY(%s::bigint[])",
+                       (now_us + lease_us, instance, sorted(taken)))
+    return groups
+
+
+async def next_due(conn: Conn, sinks: Collection[str], after: float | None,
+                   only: Collection[int] | None) -> float | None:
+    if not sinks:
+        return None
+    sql = "SELECT min(next_at_us) FROM outbox WHERE state = 'pending' AND sink = ANY(%(sinks)s::text[])"
+    if after is not None:
+        sql += " AND next_at_us > %(after)s"
+    if only is not None:
+        sql += " AND id = ANY(%(only)s::bigint[])"
+    cursor = await conn.execute(sql, {"sinks": list(sinks), "after": None if after is None else us(after),
+                                      "only": None if only is None else sorted(only)})
+    row = await cursor.fetchone()
+    return None if row is None or row[0] is None else seconds(int(row[0]))
+
+
+async def settle(conn: Conn, outcomes: Sequence[Outcome], instance: str) -> None:
+    """As SQLite's settle: a delivery is marked done if still pending; retried, dead or released
+    only if still ours (someone who claimed it after our lease ran out settles it then)."""
+    def of(state: str) -> list[tuple[Outcome, int]]:
+        return [(o, i) for o in outcomes if o.state == state for i in o.ids]
+
+    if done := of("done"):
+        await conn.execute(
+            "UPDATE outbox o SET state = 'done', attempts = o.attempts + 1, last_error = NULL, claim = NULL, "
+            "updated_at_us = u.at FROM unnest(%s::bigint[], %s::bigint[]) AS u(id, at) "
+            "WHERE o.id = u.id AND o.state = 'pending'",
+            ([i for _, i in done], [us(o.at) for o, _ in done]))
+    if retry := of("retry"):
+        await conn.execute(
+            "UPDATE outbox o SET attempts = o.attempts + 1, next_at_us = u.next_at, last_error = u.detail, "
+            "claim = NULL, updated_at_us = u.at FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::text[]) "
+            "AS u(id, at, next_at, detail) WHERE o.id = u.id AND o.claim = %s",
+            ([i for _, i in retry], [us(o.at) for o, _ in retry],
+             [us(o.next_at if o.next_at is not None else o.at) for o, _ in retry], [o.detail for o, _ in retry],
+             instance))
+    if dead := of("dead"):
+        await conn.execute(
+            "UPDATE outbox o SET state = 'dead', attempts = o.attempts + 1, last_error = u.detail, claim = NULL, "
+            "updated_at_us = u.at FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS u(id, at, detail) "
+            "WHERE o.id = u.id AND o.claim = %s",
+            ([i for _, i in dead], [us(o.at) for o, _ in dead], [o.detail for o, _ in dead], instance))
+    if release := of("release"):
+        await conn.execute(
+            "UPDATE outbox o SET next_at_us = u.at, claim = NULL FROM unnest(%s::bigint[], %s::bigint[]) AS u(id, at) "
+            "WHERE o.id = u.id AND o.claim = %s",
+            ([i for _, i in release], [us(o.at) for o, _ in release], instance))
+    await ledger(conn, [(i, o.at, _LEDGER_OUTCOME[o.state], o.status, o.detail)
+                        if o.state != "done" else (i, o.at, "delivered", o.detail, None)
+                        for o in outcomes if o.state != "release" for i in o.ids])
+
+
+async def ledger(conn: Conn, rows: Sequence[tuple[int, float, str, str | None, str | None]]) -> None:
+    """One ledger line per outbox row: (id, when, outcome, status, detail), in the order given.
+    The attempt number is the row's count after the update (0 for operator actions)."""
+    if not rows:
+        return
+    await conn.execute(
+        "INSERT INTO attempts (lead_id, sink, at_us, attempt, outcome, status, detail) "
+        "SELECT o.lead_id, o.sink, u.at, o.attempts, u.outcome, u.status, u.detail "
+        "FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::text[]) WITH ORDINALITY "
+        "AS u(id, at, outcome, status, detail, ord) JOIN outbox o ON o.id = u.id ORDER BY u.ord",
+        ([i for i, *_ in rows], [us(at) for _, at, *_ in rows], [outcome for _, _, outcome, _, _ in rows],
+         [cut(status, 200) for *_, status, _ in rows], [cut(detail, 500) for *_, detail in rows]))
+
+
+async def release_claims(conn: Conn, now_us: int, instance: str) -> int:
+    """Claims of instances that are gone (no heartbeat for LIVE seconds, or stopped) are due now;
+    never this process's own, nor a live instance's. Instances gone for FORGOTTEN go."""
+    cursor = await conn.execute(
+        "UPDATE outbox o SET next_at_us = %(now)s, claim = NULL WHERE o.claim IS NOT NULL AND o.claim <> %(me)s "
+        "AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = o.claim AND i.stopped_us IS NULL "
+        "AND i.heartbeat_us >= %(live)s)",
+        {"now": now_us, "me": instance, "live": now_us - us(LIVE)})
+    released = cursor.rowcount
+    await conn.execute("DELETE FROM instances WHERE id <> %s AND heartbeat_us < %s",
+                       (instance, now_us - us(FORGOTTEN)))
+    return released
+
+
+async def pull_in(conn: Conn, now_us: int, latest_us: int) -> int:
+    cursor = await conn.execute("UPDATE outbox SET next_at_us = %s WHERE state = 'pending' AND next_at_us > %s",
+                                (now_us, latest_us))
+    return cursor.rowcount
+
+
+async def reschedule(conn: Conn, now_us: int, step_us: int) -> int:
+    """Unclaimed pending deliveries move back by the step (never before now); a lease is left alone."""
+    cursor = await conn.execute(
+        "UPDATE outbox SET next_at_us = GREATEST(%(now)s, next_at_us - %(step)s) "
+        "WHERE state = 'pending' AND next_at_us > %(now)s AND claim IS NULL", {"now": now_us, "step": step_us})
+    return cursor.rowcount
+
+
+async def count_pending(conn: Conn, ids: Collection[int]) -> int:
+    cursor = await conn.execute("SELECT count(*) FROM outbox WHERE state = 'pending' AND id = ANY(%s::bigint[])",
+                                (sorted(ids),))
+    row = await cursor.fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _delivery(row: tuple[Any, ...]) -> Delivery:
+    (outbox_id, sink, attempts, batch, serial, session_id, created_us, chatbot, kind, raw, detected_us) = row
+    lead = lead_from_stored(LeadKey(serial, session_id, created_us), kind, json.loads(raw))
+    return Delivery(id=outbox_id, sink=sink, chatbot=chatbot, lead=lead, detected_at=moment(detected_us),
+                    attempts=attempts, batch=batch)

@@ -1,0 +1,139 @@
+"""Claim and settle in the SQLite file: due deliveries are leased to a process (`claim` and a
+due time past the lease), their outcomes written in one transaction per dispatcher turn with a
+ledger line each. Functions of an open connection; the backend owns the transactions."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+from ...leads import lead_from_stored
+from ...types import Delivery, LeadKey
+from ..records import Outcome
+from ..times import cut, moment, seconds, us
+
+_COLUMNS = ("o.id, o.sink, o.attempts, o.batch, l.serial, l.session_id, l.created_us, l.chatbot, l.type, l.raw, "
+            "l.detected_at_us")
+_ONLY = "AND o.id IN (SELECT value FROM json_each(?)) "
+# one sink at a time, oldest first: served in order by the outbox_pending index (sink, next_at_us)
+_DUE = (f"SELECT {_COLUMNS} FROM outbox o JOIN leads l ON l.id = o.lead_id "  # noqa: S608
+        "WHERE o.state = 'pending' AND o.sink = ? AND o.next_at_us <= ? {only}ORDER BY o.next_at_us, o.id LIMIT ?")
+_ANY_DUE = "SELECT 1 FROM outbox o WHERE o.state = 'pending' AND o.sink = ? AND o.next_at_us <= ? {only}LIMIT 1"
+_BATCH = (f"SELECT {_COLUMNS} FROM outbox o JOIN leads l ON l.id = o.lead_id "  # noqa: S608
+          "WHERE o.batch = ? AND o.sink = ? AND o.state = 'pending' AND o.next_at_us <= ? ORDER BY o.id")
+_LEDGER_OUTCOME = {"done": "delivered", "retry": "retry", "dead": "dead"}
+
+
+def _params(sink: str, now_us: int, only: Collection[int] | None) -> tuple[str, tuple[Any, ...]]:
+    if only is None:
+        return "", (sink, now_us)
+    return _ONLY, (sink, now_us, json.dumps(sorted(only)))
+
+
+def anything_due(db: sqlite3.Connection, now_us: int, sinks: Collection[str], only: Collection[int] | None) -> bool:
+    """A read that needs no write lock: most turns find nothing, and take no lock then."""
+    for sink in sinks:
+        where, params = _params(sink, now_us, only)
+        if db.execute(_ANY_DUE.format(only=where), params).fetchone() is not None:
+            return True
+    return False
+
+
+def claim(db: sqlite3.Connection, now_us: int, wanted: Mapping[str, int], lease_us: int, instance: str,
+          only: Collection[int] | None) -> list[list[Delivery]]:
+    groups: list[list[Delivery]] = []
+    taken: set[int] = set()
+    for sink, limit in wanted.items():
+        if limit <= 0:
+            continue
+        where, params = _params(sink, now_us, only)
+        found = 0
+        for row in db.execute(_DUE.format(only=where), (*params, limit)).fetchall():
+            if row[0] in taken or found >= limit:
+                continue
+            batch = row[3]
+            rows = [row] if batch is None else db.execute(_BATCH, (batch, sink, now_us)).fetchall()
+            group = [_delivery(r) for r in rows if r[0] not in taken] or [_delivery(row)]
+            taken.update(d.id for d in group)
+            groups.append(group)
+            found += 1
+    db.executemany("UPDATE outbox SET next_at_us = ?, claim = ? WHERE id = ?",
+                   [(now_us + lease_us, instance, i) for i in taken])
+    return groups
+
+
+def next_due(db: sqlite3.Connection, sinks: Collection[str], after: float | None,
+             only: Collection[int] | None) -> float | None:
+    if not sinks:
+        return None
+    sql = (f"SELECT min(next_at_us) FROM outbox WHERE state = 'pending' "  # noqa: S608
+           f"AND sink IN ({','.join('?' * len(sinks))})")
+    params: list[Any] = list(sinks)
+    if after is not None:
+        sql += " AND next_at_us > ?"
+        params.append(us(after))
+    if only is not None:
+        sql += " AND id IN (SELECT value FROM json_each(?))"
+        params.append(json.dumps(sorted(only)))
+    row = db.execute(sql, params).fetchone()
+    return None if row[0] is None else seconds(int(row[0]))
+
+
+def settle(db: sqlite3.Connection, outcomes: Sequence[Outcome], instance: str) -> None:
+    done = [(us(o.at), i) for o in outcomes if o.state == "done" for i in o.ids]
+    retry = [(us(o.next_at if o.next_at is not None else o.at), o.detail, us(o.at), i, instance)
+             for o in outcomes if o.state == "retry" for i in o.ids]
+    dead = [(o.detail, us(o.at), i, instance) for o in outcomes if o.state == "dead" for i in o.ids]
+    release = [(us(o.at), i, instance) for o in outcomes if o.state == "release" for i in o.ids]
+    db.executemany("UPDATE outbox SET state = 'done', attempts = attempts + 1, last_error = NULL, claim = NULL, "
+                   "updated_at_us = ? WHERE id = ? AND state = 'pending'", done)
+    # a delivery someone else claimed meanwhile (its lease ran out) is theirs to settle
+    db.executemany("UPDATE outbox SET attempts = attempts + 1, next_at_us = ?, last_error = ?, claim = NULL, "
+                   "updated_at_us = ? WHERE id = ? AND claim = ?", retry)
+    db.executemany("UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?, claim = NULL, "
+                   "updated_at_us = ? WHERE id = ? AND claim = ?", dead)
+    db.executemany("UPDATE outbox SET next_at_us = ?, claim = NULL WHERE id = ? AND claim = ?", release)
+    ledger(db, [(i, o.at, _LEDGER_OUTCOME[o.state], o.status, o.detail)
+                if o.state != "done" else (i, o.at, "delivered", o.detail, None)
+                for o in outcomes if o.state != "release" for i in o.ids])
+
+
+def ledger(db: sqlite3.Connection, rows: Sequence[tuple[int, float, str, str | None, str | None]]) -> None:
+    """One ledger line per outbox row: (id, when, outcome, status, detail). The attempt number is
+    the row's count after the update (0 for operator actions)."""
+    db.executemany(
+        "INSERT INTO attempts (lead_id, sink, at_us, attempt, outcome, status, detail) "
+        "SELECT lead_id, sink, ?2, attempts, ?3, ?4, ?5 FROM outbox WHERE id = ?1",
+        [(i, us(at), outcome, cut(status, 200), cut(detail, 500)) for i, at, outcome, status, detail in rows])
+
+
+def release_claims(db: sqlite3.Connection, now_us: int, instance: str) -> int:
+    """Every claim but our own: only one process uses an SQLite file (its lock), so any other
+    claim is of a process that is gone."""
+    return db.execute("UPDATE outbox SET next_at_us = ?, claim = NULL WHERE claim IS NOT NULL AND claim != ?",
+                      (now_us, instance)).rowcount
+
+
+def pull_in(db: sqlite3.Connection, now_us: int, latest_us: int) -> int:
+    return db.execute("UPDATE outbox SET next_at_us = ?1 WHERE state = 'pending' AND next_at_us > ?2",
+                      (now_us, latest_us)).rowcount
+
+
+def reschedule(db: sqlite3.Connection, now_us: int, step_us: int) -> int:
+    """Unclaimed pending deliveries move back by the step (never before now); a lease is left alone."""
+    return db.execute("UPDATE outbox SET next_at_us = max(?1, next_at_us - ?2) "
+                      "WHERE state = 'pending' AND next_at_us > ?1 AND claim IS NULL", (now_us, step_us)).rowcount
+
+
+def count_pending(db: sqlite3.Connection, ids: Collection[int]) -> int:
+    return int(db.execute("SELECT count(*) FROM outbox WHERE state = 'pending' AND id IN "
+                          "(SELECT value FROM json_each(?))", (json.dumps(sorted(ids)),)).fetchone()[0])
+
+
+def _delivery(row: tuple[Any, ...]) -> Delivery:
+    (outbox_id, sink, attempts, batch, serial, session_id, created_us, chatbot, kind, raw, detected_us) = row
+    lead = lead_from_stored(LeadKey(serial, session_id, created_us), kind, json.loads(raw))
+    return Delivery(id=outbox_id, sink=sink, chatbot=chatbot, lead=lead, detected_at=moment(detected_us),
+                    attempts=attempts, batch=batch)

@@ -1,0 +1,238 @@
+"""What only the PostgreSQL engine does (the contract both engines keep is in test_contract_*):
+migrations when several instances start at once, refusing a database it must not touch, never
+showing the password, noticing other processes' changes without asking, releasing the claims
+of instances that are gone (and only theirs), and surviving the server killing its connections."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+
+from notifier.exceptions import StateError, StateUnavailable
+from notifier.state import PollRecord, SinkCounts
+from notifier.state.postgres import PostgresState
+from notifier.state.postgres.schema import MARKER, SCHEMA_VERSION
+
+from .engines import LEASE, dead, flat, lead
+from .engines import poll as poll_at_t0
+from .pg import ADMIN_URL, database_url, direct_url, disconnect_everyone, fresh_database, run_sql
+
+PASSWORD = "s3cret-Pa55w0rd"  # the server trusts every local connection: any password is accepted
+
+
+@pytest.fixture(name="url")
+async def url_fixture() -> AsyncIterator[str]:
+    async with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(name="opened")
+async def opened_fixture() -> AsyncIterator[list[PostgresState]]:
+    """States a test opens, closed at its end (before its database is dropped)."""
+    states: list[PostgresState] = []
+    yield states
+    for state in states:
+        await state.close()
+
+
+def poll(at: float, *args: Any, **kwargs: Any) -> PollRecord:
+    """A poll detected `at` (the real time: the instances' liveness is judged by it), its
+    deliveries due then."""
+    return poll_at_t0(*args, detected_at=datetime.fromtimestamp(at, UTC), **kwargs)
+
+
+def wall() -> float:
+    """The real time, in whole seconds: exact as a float, so a poll detected then is due then."""
+    return float(int(time.time()))
+
+
+def with_password(url: str) -> str:
+    """The database on the server itself (a pooler would hide a killed connection), with a password."""
+    return database_url(url.rsplit("/", 1)[1], password=PASSWORD)
+
+
+async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Wait for `condition`, at most `within` seconds."""
+    async with asyncio.timeout(within):
+        while not condition():
+            await asyncio.sleep(0.02)
+
+
+async def tables(url: str) -> list[str]:
+    return [row[0] for row in await run_sql(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                                                 "ORDER BY tablename")]
+
+
+# -- the schema ---------------------------------------------------------------------------
+async def test_instances_starting_at_once_create_the_schema_once(url: str, opened: list[PostgresState]) -> None:
+    states = await asyncio.gather(*(PostgresState.open(url, "daemon") for _ in range(4)))
+    opened.extend(states)
+    assert await run_sql(url, f"SELECT version FROM {MARKER}") == [(SCHEMA_VERSION,)]
+    assert [await state.schema_state() for state in states] == [f"current (schema {SCHEMA_VERSION})"] * 4
+    assert len({state.instance for state in states}) == 4
+    await states[0].record_poll(poll(wall(), [(lead(1), ("crm",))]))
+    assert await states[3].sink_counts() == {"crm": SinkCounts(pending=1)}
+
+
+async def test_a_newer_schema_is_refused_and_left_untouched(url: str) -> None:
+    await (await PostgresState.open(url, "daemon")).close()
+    await run_sql(url, f"UPDATE {MARKER} SET version = %s", (SCHEMA_VERSION + 1,))
+    for role in ("daemon", "operator", "sender"):
+        with pytest.raises(StateError, match=r"newer smarterbot-notifier \(schema 2 > 1\)") as raised:
+            await PostgresState.open(url, role)
+        assert not isinstance(raised.value, StateUnavailable)
+    assert await run_sql(url, f"SELECT version FROM {MARKER}") == [(SCHEMA_VERSION + 1,)]
+
+
+async def test_an_operator_never_creates_the_state(url: str) -> None:
+    for role in ("operator", "sender"):
+        with pytest.raises(StateError, match=r"has no smarterbot-notifier state yet \(`run` or `once` creates it\)"):
+            await PostgresState.open(url, role)
+    assert await tables(url) == []
+
+
+async def test_a_database_holding_tables_like_ours_is_refused(url: str) -> None:
+    await run_sql(url, "CREATE TABLE leads (id integer PRIMARY KEY, who text)")
+    await run_sql(url, "INSERT INTO leads VALUES (1, 'theirs')")
+    with pytest.raises(StateError, match=r"holds leads but no smarterbot_notifier_schema table.*another program"):
+        await PostgresState.open(url, "daemon")
+    assert await tables(url) == ["leads"]
+    assert await run_sql(url, "SELECT * FROM leads") == [(1, "theirs")]
+
+
+# -- errors -------------------------------------------------------------------------------
+@pytest.mark.parametrize("port", [1, None])
+async def test_the_password_is_never_in_a_message(url: str, port: int | None) -> None:
+    """Nothing listens on port 1; on the real port, the database does not exist."""
+    name = "no_such_database" if port is None else url.rsplit("/", 1)[1]
+    secret = "p%40ss-" + PASSWORD  # percent-encoded in the URL, "p@ss-…" as libpq sends it
+    target = database_url(name, password=secret, port=port)
+    with pytest.raises(StateError) as raised:
+        await PostgresState.open(target, "daemon")
+    message = str(raised.value)
+    assert PASSWORD not in message and "p@ss" not in message and secret not in message
+    assert "cannot reach the state database postgresql://postgres@127.0.0.1:" in message
+    assert (":1/" in message) if port == 1 else ("no_such_database" in message)
+    assert not isinstance(raised.value, psycopg.Error)
+
+
+async def test_killed_connections_are_unavailable_then_replaced(url: str, opened: list[PostgresState]) -> None:
+    state = await PostgresState.open(with_password(url), "daemon")
+    opened.append(state)
+    assert PASSWORD not in state.description
+    now = wall()
+    await state.record_poll(poll(now, [(lead(1), ("crm",))]))
+    listened = state.changed_elsewhere()
+    assert await disconnect_everyone(url) >= 2  # the pool's connection, and the listener's
+    with pytest.raises(StateUnavailable) as raised:
+        await state.sink_counts()
+    assert not isinstance(raised.value, psycopg.Error)
+    assert "counting deliveries failed" in str(raised.value)
+    assert PASSWORD not in str(raised.value)
+    assert await state.sink_counts() == {"crm": SinkCounts(pending=1)}  # the next call has a new connection
+    await until(lambda: state.changed_elsewhere() != listened)  # the listener is back, and says so
+    await state.record_poll(poll(now, [(lead(2), ("crm",))]))
+    assert len(flat(await state.claim(now, {"crm": 10}, lease=LEASE))) == 2
+
+
+async def test_a_call_that_hangs_is_unavailable_at_its_deadline(url: str, opened: list[PostgresState]) -> None:
+    state = await PostgresState.open(url, "daemon")
+    opened.append(state)
+    state.deadline = 0.5
+    async with await psycopg.AsyncConnection.connect(direct_url(url)) as other:
+        await other.execute("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE")  # held until its transaction ends
+        with pytest.raises(StateUnavailable, match=r"counting deliveries failed: no answer within 0\.5 s"):
+            await state.sink_counts()
+    assert await state.sink_counts() == {}
+
+
+async def test_closing_when_the_database_is_gone_raises_nothing(url: str) -> None:
+    state = await PostgresState.open(url, "daemon")
+    state.deadline = 1.0  # behind PgBouncer a call waits for the server (its query_wait_timeout)
+    await run_sql(ADMIN_URL, f"ALTER DATABASE {url.rsplit('/', 1)[1]} ALLOW_CONNECTIONS false")  # not even for us
+    await disconnect_everyone(url)
+    with pytest.raises(StateUnavailable):
+        await state.sink_counts()
+    async with asyncio.timeout(10):
+        await state.close()
+        await state.close()
+
+
+# -- other processes ----------------------------------------------------------------------
+async def test_an_operator_change_reaches_a_daemon_without_asking(url: str, opened: list[PostgresState]) -> None:
+    daemon = await PostgresState.open(direct_url(url), "daemon")  # LISTEN needs the server itself
+    operator = await PostgresState.open(url, "operator")
+    opened += [daemon, operator]
+    now = wall()
+    await daemon.record_poll(poll(now, [(lead(1), ("crm",))]))
+    (delivery,) = flat(await daemon.claim(now, {"crm": 1}, lease=LEASE))
+    await daemon.settle([dead(delivery.id, at=now)])
+    await operator.sink_counts()  # reads announce nothing
+    await operator.forget("no such chatbot", dry_run=True)
+    before = daemon.changed_elsewhere()
+    assert operator.changed_elsewhere() == operator.changed_elsewhere()  # operators do not listen
+    assert await operator.requeue(now, state="dead") == 1
+    await until(lambda: daemon.changed_elsewhere() != before)
+    assert [d.id for d in flat(await daemon.claim(now, {"crm": 1}, lease=LEASE))] == [delivery.id]
+
+
+async def test_instances_claiming_at_once_never_take_the_same_delivery(url: str, opened: list[PostgresState]) -> None:
+    states = [await PostgresState.open(url, "daemon") for _ in range(3)]
+    opened += states
+    now = wall()
+    await states[0].record_poll(poll(now, [(lead(n), ("crm", "slack")) for n in range(1, 101)]))
+    claimed: list[int] = []
+    for _ in range(20):  # bounded: each round takes up to 36 of the 200
+        rounds = await asyncio.gather(*(state.claim(now, {"crm": 7, "slack": 5}, lease=LEASE) for state in states))
+        found = [d.id for groups in rounds for d in flat(groups)]
+        if not found:
+            break
+        claimed += found
+    assert len(claimed) == len(set(claimed)) == 200
+
+
+async def test_claims_of_an_instance_gone_are_released_and_live_ones_kept(
+        url: str, opened: list[PostgresState]) -> None:
+    gone, live, starting = [await PostgresState.open(url, "daemon") for _ in range(3)]
+    opened += [gone, live, starting]
+    now = wall()
+    await gone.record_poll(poll(now, [(lead(n), ("crm",)) for n in range(1, 7)]))
+    by_gone = {d.id for d in flat(await gone.claim(now, {"crm": 2}, lease=LEASE))}
+    by_live = {d.id for d in flat(await live.claim(now, {"crm": 2}, lease=LEASE))}
+    by_starting = {d.id for d in flat(await starting.claim(now, {"crm": 2}, lease=LEASE))}
+    assert len(by_gone | by_live | by_starting) == 6  # SKIP LOCKED and leases: nobody took another's
+    await gone.heartbeat(now - 100, {"chatbots": 1})  # its last beat, long ago: it was killed
+    await live.heartbeat(now, {"chatbots": 2})
+
+    assert await starting.release_claims(now) == 2
+    alive = {i.id: i.alive for i in await starting.instances(now)}
+    assert alive == {gone.instance: False, live.instance: True, starting.instance: True}
+    assert {d.id for d in flat(await starting.claim(now, {"crm": 10}, lease=LEASE))} == by_gone
+    # much later nobody else beat: the others' claims are released, never this process's own
+    assert await starting.release_claims(now + 1000) == 2
+    due = {row.id: row.next_at for row in await starting.outbox(state="pending")}
+    assert {i for i, at in due.items() if at == now + 1000} == by_live
+    assert {i for i, at in due.items() if at == now + LEASE} == by_gone | by_starting
+
+
+async def test_a_daemon_is_listed_from_its_start_and_after_its_stop(url: str, opened: list[PostgresState]) -> None:
+    daemon = await PostgresState.open(url, "daemon")
+    sender = await PostgresState.open(url, "sender")
+    operator = await PostgresState.open(url, "operator")
+    opened.append(operator)
+    now = wall()
+    listed = {i.id: i for i in await operator.instances(now)}
+    assert set(listed) == {daemon.instance, sender.instance}  # before any heartbeat
+    assert all(i.alive for i in listed.values())
+    await daemon.heartbeat(now, {"chatbots": {"Bot A": {"failures": 0}}, "problems": []})
+    await daemon.close()
+    await sender.close()
+    (last,) = await operator.instances(now)  # the sender, which never beat, left nothing
+    assert (last.id, last.alive, last.status) == (daemon.instance, False,
+                                                  {"chatbots": {"Bot A": {"failures": 0}}, "problems": []})
