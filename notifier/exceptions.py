@@ -84,6 +84,11 @@ class StateError(NotifierError):
     """The state database cannot be used; the file is left exactly as it was."""
 
 
+class StateMissing(StateError):
+    """There is no state yet (no file, or a database without our tables): `run` or `once`
+    creates it. For the commands that only read, not a fault."""
+
+
 class StateUnavailable(StateError):
     """The state refused a write for a reason of its own (locked by another process, disk full,
     I/O error), not because of what was written: trying the same data again now cannot help."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from ..exceptions import StateError
+from ..exceptions import StateError, StateMissing
 from .interface import State
 
 if TYPE_CHECKING:
@@ -27,17 +27,18 @@ async def open_state(config: Config, role: Role = "daemon") -> State:
     path = config.state_path
     if role != "daemon" and not path.exists():
         problem = location_problem(path)
-        raise StateError(f"state file {path}: {problem}" if problem else
-                         f"state file {path} does not exist yet (`run` or `once` creates it)")
+        if problem:
+            raise StateError(f"state file {path}: {problem}")
+        raise StateMissing(f"state file {path} does not exist yet (`run` or `once` creates it)")
     return SQLiteState(path, "daemon" if role == "migrate" else role)
 
 
 async def probe(config: Config) -> tuple[bool, str]:
     """For `check`: can the state be opened, and is its schema current? Never creates anything."""
-    if config.state_url is None and not config.state_path.exists():
-        return True, "no state file yet (`run` or `once` creates it)"
     try:
         state = await open_state(config, "operator")
+    except StateMissing:
+        return True, "none yet (`run` or `once` creates it)"
     except StateError as exc:
         return False, str(exc)
     try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ from notifier.state import PollRecord, SinkCounts
 from notifier.state.postgres import PostgresState
 from notifier.state.postgres.schema import MARKER, SCHEMA_VERSION
 
+from ..conftest import until
 from .engines import LEASE, dead, flat, lead
 from .engines import poll as poll_at_t0
 from .pg import ADMIN_URL, database_url, direct_url, disconnect_everyone, fresh_database, run_sql
@@ -55,13 +56,6 @@ def wall() -> float:
 def with_password(url: str) -> str:
     """The database on the server itself (a pooler would hide a killed connection), with a password."""
     return database_url(url.rsplit("/", 1)[1], password=PASSWORD)
-
-
-async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    """Wait for `condition`, at most `within` seconds."""
-    async with asyncio.timeout(within):
-        while not condition():
-            await asyncio.sleep(0.02)
 
 
 async def tables(url: str) -> list[str]:
@@ -236,3 +230,14 @@ async def test_a_daemon_is_listed_from_its_start_and_after_its_stop(url: str, op
     (last,) = await operator.instances(now)  # the sender, which never beat, left nothing
     assert (last.id, last.alive, last.status) == (daemon.instance, False,
                                                   {"chatbots": {"Bot A": {"failures": 0}}, "problems": []})
+
+
+async def test_a_change_whose_notification_is_lost_is_seen_all_the_same(url: str, opened: list[PostgresState]) -> None:
+    """Behind PgBouncer in transaction mode no notification arrives: the daemon still learns of an
+    operator's change (a `state forget` its pollers' cached answers must not outlive) from the
+    counter it reads once a second."""
+    daemon = await PostgresState.open(url, "daemon")
+    opened.append(daemon)
+    before = daemon.changed_elsewhere()
+    await run_sql(url, "UPDATE changes SET n = n + 1 WHERE id = 1")  # counted, never announced
+    await until(lambda: daemon.changed_elsewhere() != before, timeout=5, what="the counter read")

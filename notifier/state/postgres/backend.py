@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import time
@@ -51,7 +52,7 @@ from ..times import moment_us, us
 from . import deliveries, polls, queries, registry, schema
 from .deliveries import LIVE
 from .errors import FAILURES, UNAVAILABLE, Where
-from .listener import Listener
+from .listener import Listener, read_counter
 from .moving import export, import_snapshot
 
 P = ParamSpec("P")
@@ -64,6 +65,10 @@ POOL_TIMEOUT = 10.0  # seconds a call waits for a free connection before it is S
 CALL_DEADLINE = 30.0  # seconds a daemon's (or sender's) call may take: a server that hangs stops nothing
 CLOSE_TIMEOUT = 2.0  # seconds closing may take for its last write
 KEEP_ALIVE = LIVE / 3  # seconds between the refreshes of a sender's (or a daemon's) instance row
+
+# The pool logs every failed reconnect (a warning a second while a server restarts, and the
+# libpq message spans lines). The daemon says it once per outage itself, in its own format.
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
 class PostgresState:
@@ -122,7 +127,8 @@ class PostgresState:
         await self._tx("registering this process", registry.register, self.instance, time.time())
         self._keeping = asyncio.create_task(self._keep_alive(), name="state-keep-alive")
         if self.role == "daemon":
-            self._listener = Listener(url, self._where, options)
+            self._listener = Listener(url, self._where, options,
+                                      counter=lambda: self._tx("reading the change counter", read_counter))
             await self._listener.start(wait=CONNECT_TIMEOUT + 1.0)
 
     @property

@@ -45,5 +45,5 @@ class Where:
         kind = StateUnavailable if isinstance(exc, UNAVAILABLE) else StateError
         return kind(f"state database {self.text}: {what} failed: {self.reason(exc)}")
 
-    def refusal(self, message: str) -> StateError:
-        return StateError(f"state database {self.text} {message}")
+    def refusal(self, message: str, kind: type[StateError] = StateError) -> StateError:
+        return kind(f"state database {self.text} {message}")

@@ -1,44 +1,61 @@
-"""How a daemon learns, without asking, that another process changed the PostgreSQL state: every
-operator change NOTIFYs (`announce`), and a dedicated connection LISTENs and counts what
-arrives. `changed_elsewhere()` reads the count: no round trip, so the dispatcher may ask four
-times a second for free.
+"""How a daemon learns, without asking per poll, that another process changed the PostgreSQL
+state: every operator change counts itself in the one-row `changes` table and NOTIFYs
+(`announce`); a dedicated connection LISTENs and counts what arrives, and once a second the
+counter is read too, so a lost notification (behind PgBouncer in transaction mode LISTEN gets
+none at all) costs at most that second — a poller's cached answer is never trusted past an
+operator's change, whatever the network in between. `changed_elsewhere()` reads the count: no
+round trip, so the dispatcher and every poll may ask for free.
 
 The connection is our own, autocommit, outside the pool (a pooled connection goes back after each
 transaction, and a LISTEN must stay). When it drops it is made again with a growing backoff; each
 (re)connection counts as a change, since notifications sent meanwhile were lost. A connection
 that is idle for long is probed, so a silently dead one is noticed. Behind PgBouncer in
-transaction-pooling mode LISTEN does not work: point the URL at PostgreSQL itself, or the daemon
-notices operator changes only at its idle recheck (5 s)."""
+transaction-pooling mode LISTEN does not work: the counter is what tells then."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
 import structlog
 
 from .errors import Where
+from .schema import CHANGES
 
 log = structlog.get_logger("notifier.state")
 PROBE = 60.0  # seconds without a notification after which the connection is probed
 BACKOFF = (0.5, 30.0)  # first and longest wait before connecting again
 CHANNEL = "smarterbot_notifier"
+COUNTER_EVERY = 1.0  # seconds between reads of the change counter
 
 
 async def announce(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Tell the daemons the state changed: sent when (and only if) this transaction commits."""
+    """Tell the daemons the state changed: counted and sent when (and only if) this transaction
+    commits."""
+    await conn.execute(f"UPDATE {CHANGES} SET n = n + 1 WHERE id = 1")  # noqa: S608 - a constant
     await conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
 
 
+async def read_counter(conn: psycopg.AsyncConnection[Any]) -> int:
+    cursor = await conn.execute(f"SELECT n FROM {CHANGES} WHERE id = 1")  # noqa: S608 - a constant
+    row = await cursor.fetchone()
+    return -1 if row is None else int(row[0])
+
+
 class Listener:
-    def __init__(self, url: str, where: Where, options: dict[str, Any]) -> None:
+    def __init__(self, url: str, where: Where, options: dict[str, Any],
+                 counter: Callable[[], Awaitable[int]] | None = None) -> None:
         self.count = 0
         self._url = url
         self._where = where
         self._options = {**options, "autocommit": True}
         self._task: asyncio.Task[None] | None = None
+        self._counter = counter  # reads `changes` through the pool
+        self._counting: asyncio.Task[None] | None = None
+        self._last: int | None = None
         self._listening = asyncio.Event()
         self._warned = False
 
@@ -46,17 +63,32 @@ class Listener:
         """Start listening; wait (at most `wait` s) until the first LISTEN is in place, so no
         change committed after this returns goes unnoticed. It keeps trying in the background."""
         self._task = asyncio.create_task(self._run(), name="state-listener")
+        if self._counter is not None:
+            self._counting = asyncio.create_task(self._count(), name="state-change-counter")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
                 await self._listening.wait()
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        tasks = [t for t in (self._task, self._counting) if t is not None]
+        self._task = self._counting = None
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _count(self) -> None:
+        """The counter, once a second: a change whose notification was lost is seen all the same.
+        A failed read says nothing (the daemon's own calls report the outage)."""
+        assert self._counter is not None
+        while True:
+            with contextlib.suppress(Exception):
+                n = await self._counter()
+                if self._last is not None and n != self._last:
+                    self.count += 1
+                self._last = n
+            await asyncio.sleep(COUNTER_EVERY)
 
     async def _run(self) -> None:
         delay = BACKOFF[0]

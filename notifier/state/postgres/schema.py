@@ -10,7 +10,8 @@ refused and left untouched; an operator command never creates the schema.
 Version 1: the SQLite file's version 4, translated. Times are bigint microseconds since the Unix
 epoch; the raw record is text, byte for byte (not jsonb, which would reorder and re-space it);
 ids are identity columns that take explicit values (`state migrate` keeps them); digest batch
-ids come from a sequence; `instances` holds the processes that use the state (heartbeat, status).
+ids come from a sequence; `instances` holds the processes that use the state (heartbeat, status);
+`changes` counts operator changes (listener.py: what a daemon reads when a notification is lost).
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from ...exceptions import StateMissing
 from .errors import Where
 
 SCHEMA_VERSION = 1
 LOCK = 0x53424E31  # "SBN1": the advisory lock migrations take, the same number in every instance
 MARKER = "smarterbot_notifier_schema"  # its one row is the schema version
 BATCHES = "outbox_batches"  # the digest batch id sequence
-TABLES = ("chatbots", "leads", "outbox", "attempts", "instances")
+CHANGES = "changes"  # one row: how many operator changes were committed
+TABLES = ("chatbots", "leads", "outbox", "attempts", "instances", CHANGES)
 IDENTITIES = ("leads", "outbox", "attempts")  # tables whose ids come from an identity sequence
 
 _CREATE = (
@@ -83,6 +86,8 @@ _CREATE = (
         stopped_us bigint,
         status text
     )""",
+    f"CREATE TABLE {CHANGES} (id integer PRIMARY KEY CHECK (id = 1), n bigint NOT NULL)",
+    f"INSERT INTO {CHANGES} VALUES (1, 0)",  # noqa: S608 - a constant
     "CREATE INDEX leads_by_time ON leads (serial, created_us)",
     # one sink at a time, oldest first: the claim reads only the rows it takes
     "CREATE INDEX outbox_pending ON outbox (sink, next_at_us, id) WHERE state = 'pending'",
@@ -112,7 +117,8 @@ async def migrate(conn: AsyncConnection[Any], *, create: bool, where: Where) -> 
                 raise where.refusal(f"holds {', '.join(found)} but no {MARKER} table: it looks like another "
                                     "program's database, and was left untouched")
             if not create:
-                raise where.refusal("has no smarterbot-notifier state yet (`run` or `once` creates it)")
+                raise where.refusal("has no smarterbot-notifier state yet (`run` or `once` creates it)",
+                                    StateMissing)
             steps: list[tuple[str, ...]] = [_CREATE]
         elif version > SCHEMA_VERSION:
             raise where.refusal(f"was written by a newer smarterbot-notifier (schema {version} > "
