@@ -33,16 +33,20 @@ _CHATTY = ("slack_sdk", "aiohttp", "aiosmtplib", "asyncio", "urllib3")
 
 
 def _public_head(secret: str) -> int:
-    """How much of a secret is not secret: for a URL (a Slack webhook URL), `scheme://host/`.
-    A prefix that does not reach past it is any URL on that host, not a leak."""
-    if "://" not in secret[:12]:
+    """How much of a secret is not secret: for a URL (a Slack webhook URL), `scheme://host/`;
+    for one with a password (a database URL), `scheme://user:`. A prefix that does not reach past
+    it is any URL on that host (or of that user), not a leak."""
+    if "://" not in secret[:16]:  # postgresql:// is 13 characters
         return 0
     try:
         parts = urlsplit(secret)
+        password = parts.password
     except ValueError:
         return 0
     if not parts.scheme or not parts.netloc:
         return 0
+    if password:
+        return len(parts.scheme) + 3 + len(parts.netloc.partition(":")[0]) + 1
     return len(parts.scheme) + 3 + len(parts.netloc) + 1
 
 

@@ -37,6 +37,8 @@ from .types import Clock, Sink
 
 log = structlog.get_logger("notifier.service")
 HEARTBEAT_DEADLINE = 5.0  # seconds one heartbeat may take before it counts as a state problem
+LAST_WORDS = 1.0  # seconds the last heartbeat at exit may take (the status for `status`)
+CLOSING = 2.0  # seconds closing the state may take at exit: a database that hangs never holds the exit
 HARD_DEADLINE = 5.0  # seconds past shutdown_grace after which whatever still runs is cancelled
 
 
@@ -141,8 +143,9 @@ class Service:
                 await session.close()
         self.http = self.api_http = None
         if self.store is not None:
-            await self.store.close()
-            self.store = None
+            store, self.store = self.store, None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(store.close(), CLOSING)
 
     # -- lifecycle ----------------------------------------------------------------------
     def stop(self) -> None:
@@ -241,7 +244,7 @@ class Service:
                 for sig in signals:
                     loop.remove_signal_handler(sig)
             with contextlib.suppress(Exception):
-                await self._heartbeat()
+                await self._heartbeat(LAST_WORDS)
             await self.close()
             if started:  # a start that failed is one error, reported by the caller, not a "stopped"
                 with contextlib.suppress(Exception):
@@ -317,7 +320,7 @@ class Service:
         await self._heartbeat()
         return self.status_line()
 
-    async def _heartbeat(self) -> None:
+    async def _heartbeat(self, deadline: float = HEARTBEAT_DEADLINE) -> None:
         """Each beat: this daemon's own view goes to the state for `status` (another process),
         and the state says whether it still is what we write (SQLite: the file deleted under
         us). If not, every write stops (no poll records, no delivery goes out) and readiness
@@ -326,13 +329,13 @@ class Service:
             return
         known = self.store.problem
         try:
-            async with asyncio.timeout(HEARTBEAT_DEADLINE):  # a database that hangs never stops the watchdog
+            async with asyncio.timeout(deadline):  # a database that hangs never stops the watchdog
                 problem = await self.store.heartbeat(self.clock().timestamp(), self._status())
                 self._pending = sum(c.pending for c in (await self.store.sink_counts()).values())
             self._heartbeat_problem = None
         except (StateError, TimeoutError) as exc:
             problem = self.store.problem
-            error = str(exc) or f"no answer within {HEARTBEAT_DEADLINE:g}s"
+            error = str(exc) or f"no answer within {deadline:g}s"
             if self._heartbeat_problem is None:
                 log.error("state unreachable; polls record nothing and deliveries pause until it is back",
                           error=error)

@@ -323,3 +323,28 @@ def test_a_rate_that_cannot_keep_the_intervals_is_named_with_its_numbers() -> No
     assert "2 times later" in warning and "every 2 min" in warning
     fast = text.replace('api_key = "k"', 'api_key = "k"\nrequests_per_second = 10')
     assert parse_config(fast).rate_warning() is None
+
+
+def test_state_is_a_file_or_a_database_never_both() -> None:
+    base = '[api]\napi_key = "k"\n[[chatbots]]\nname = "a"\nserial_number = "s"\n[sinks.c]\ntype = "console"\n'
+    with pytest.raises(ConfigError) as both:
+        parse_config(base + '[state]\npath = "s.db"\nurl = "postgresql://u:pw12345678@h:5432/d"\n', "c.toml", env={})
+    assert "state.url" in str(both.value) and "path" in str(both.value) and "pw12345678" not in str(both.value)
+    config = parse_config(base + '[state]\nurl = "${URL}"\n', "c.toml",
+                          env={"URL": "postgresql://u:pw12345678@h:5432/d"})
+    assert config.state_url is not None and config.state_where == "postgresql://u@h:5432/d"
+    assert "pw12345678" in config.secrets and "pw12345678" not in repr(config)
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("postgresql://postgres:hunter@2SECRET@127.0.0.1:5432/postgres", "percent-encode it"),  # libpq would split it elsewhere
+    ("mysql://u:p@h/d", "must be a postgresql:// URL"),
+    ("postgresql://u:p@h:5432/", "names no database"),
+    ("postgresql://u:p@h:99999/d", "is not a valid URL"),
+])
+def test_a_state_url_that_cannot_be_used_is_refused_without_repeating_it(url: str, message: str) -> None:
+    base = '[api]\napi_key = "k"\n[[chatbots]]\nname = "a"\nserial_number = "s"\n[sinks.c]\ntype = "console"\n'
+    with pytest.raises(ConfigError) as refused:
+        parse_config(base + '[state]\nurl = "${URL}"\n', "c.toml", env={"URL": url})
+    assert message in str(refused.value) and "state.url" in str(refused.value)
+    assert "SECRET" not in str(refused.value) and "hunter" not in str(refused.value)

@@ -91,6 +91,20 @@ def test_scrub_masks_any_prefix_of_eight_or_more() -> None:
         assert logs.scrub("") == ""
 
 
+def test_a_database_url_keeps_its_scheme_and_user_and_loses_its_password() -> None:
+    """The review's finding: a postgresql:// URL (13 characters before its host) was treated as
+    having no public head, so every "postgres…" in a line (the URL shown without its password, the
+    word itself) was masked; and a URL's head must stop before the password, not after the host."""
+    url = "postgresql://notifier:hunter2secret@db.internal:5432/leads"
+    with own_secrets():
+        logs.register_secrets([url, "hunter2secret"])
+        shown = "state=postgresql://notifier@db.internal:5432/leads on a postgresql server"
+        assert logs.scrub(shown) == shown
+        assert logs.scrub(f"failed: {url}") == "failed: ***"
+        assert logs.scrub("cut: postgresql://notifier:hunter2se") == "cut: ***"  # a password cut short
+        assert logs.scrub("cut: postgresql://notifier:hun") == "cut: ***"
+
+
 def test_scrub_periodic_secret_overlapping_occurrence() -> None:
     secret = "abcdefghabcdefghXYZ"
     with own_secrets():

@@ -18,6 +18,9 @@ def url_problem(url: str) -> str | None:
         return "is not a valid URL (expected postgresql://user:password@host:5432/database)"
     if parts.scheme not in SCHEMES:
         return "must be a postgresql:// URL (for an SQLite file use [state] path)"
+    if parts.netloc.count("@") > 1:  # libpq splits at the first @, Python at the last: they disagree
+        return ("holds an @ in its user or password: percent-encode it (%40), "
+                "e.g. postgresql://user:p%40ss@host:5432/database")
     if not parts.path.strip("/"):
         return "names no database (postgresql://user:password@host:5432/DATABASE)"
     return None

@@ -220,3 +220,23 @@ async def test_count_pending(state: State) -> None:
     await state.settle([done(ids[0]), dead(ids[1]), retry(ids[2])])
     assert await state.count_pending([*ids, *held, 999_999]) == 2  # the retry, and the one still leased
     assert await state.count_pending([]) == 0
+
+
+async def test_an_outcome_that_changes_nothing_writes_no_ledger_line(engine: Engine) -> None:
+    """The review's finding: the ledger line was written whether or not the settle changed the
+    delivery — a settle repeated after a commit whose result was unknown, or the retry of a
+    delivery someone else claimed meanwhile (its lease ran out), told a story that did not happen."""
+    state, other = await engine.open(), await engine.open("operator")  # two processes
+    a, b = lead(1), lead(2)
+    await state.record_poll(poll([(a, ("crm",)), (b, ("crm",))]))
+    first, second = await claim_all(state, ["crm"])
+    await state.settle([done(first.id)])
+    await state.settle([done(first.id)])  # again, as after a commit cut off
+    taken = await claim_one(other, "crm", T0 + LEASE)  # `second`'s lease ran out: the other process has it
+    assert taken.id == second.id
+    await state.settle([retry(second.id, at=T0 + LEASE + 1)])  # ours, too late: not ours to settle
+    first_story, second_story = await lead_record(state, a), await lead_record(state, b)
+    assert [(x.outcome, x.attempt) for x in first_story.attempts] == [("delivered", 1)]
+    assert second_story.attempts == [] and second_story.sinks[0].attempts == 0
+    await other.settle([done(second.id, at=T0 + LEASE + 2)])
+    assert [(x.outcome, x.attempt) for x in (await lead_record(state, b)).attempts] == [("delivered", 1)]

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -23,6 +24,7 @@ from ..conftest import until
 from .engines import LEASE, dead, flat, lead
 from .engines import poll as poll_at_t0
 from .pg import ADMIN_URL, database_url, direct_url, disconnect_everyone, fresh_database, run_sql
+from .proxy import FreezingProxy
 
 PASSWORD = "s3cret-Pa55w0rd"  # the server trusts every local connection: any password is accepted
 
@@ -241,3 +243,32 @@ async def test_a_change_whose_notification_is_lost_is_seen_all_the_same(url: str
     before = daemon.changed_elsewhere()
     await run_sql(url, "UPDATE changes SET n = n + 1 WHERE id = 1")  # counted, never announced
     await until(lambda: daemon.changed_elsewhere() != before, timeout=5, what="the counter read")
+
+
+async def test_a_frozen_network_ends_a_call_near_its_deadline(url: str, opened: list[PostgresState]) -> None:
+    """The reviewer's finding: psycopg answers a cancellation by cancelling the query on the server
+    and waiting up to 10 s for that, so behind a network that hangs a 1 s deadline took 11 s, and a
+    daemon's stop outlived systemd's TimeoutStopSec. Now the call ends within a second or two."""
+    parts = urlsplit(direct_url(url))
+    proxy = FreezingProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    port = await proxy.start()
+    try:
+        state = await PostgresState.open(database_url(parts.path.strip("/"), port=port), "daemon")
+        opened.append(state)
+        state.deadline = 1.0
+        assert await state.sink_counts() == {}
+        proxy.freeze()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(StateUnavailable, match="no answer within 1 s"):
+            await state.sink_counts()
+        assert loop.time() - started < 4.0  # 1 s and the double cancel, not 1 + 10 s
+        waiting = asyncio.ensure_future(state.sink_counts())  # our own caller gives up (a stop)
+        await asyncio.sleep(0.3)
+        started = loop.time()
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        assert loop.time() - started < 3.0
+        proxy.thaw()
+    finally:
+        await proxy.close()

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from notifier.config import load_config
 from notifier.service import Service
 from notifier.simulator import Simulator
 
 from ..conftest import SERIAL_A, Receiver, baselined, until, write_config
+from .pg import database_url, direct_url, fresh_database
 from .pgcluster import private_cluster
+from .proxy import FreezingProxy
 
 
 def _on_postgres(config_path: Path, url: str) -> None:
@@ -61,3 +64,34 @@ async def test_a_database_restart_under_the_daemon_loses_nothing_and_heals(
         finally:
             service.stop()
             await asyncio.wait_for(task, 15)
+
+
+async def test_the_daemon_stops_in_time_while_the_database_hangs(
+        simulator: tuple[Simulator, str], receiver: Receiver, tmp_path: Path) -> None:
+    """The review's finding: with the network to PostgreSQL frozen, a SIGTERM took 33 s (psycopg
+    stretches every cancelled query by up to 10 s), past systemd's TimeoutStopSec=30s, so the
+    daemon would be SIGKILLed. Now every call ends within a second of its cancellation, and the
+    exit's last writes have their own short deadlines."""
+    sim, api = simulator
+    async with fresh_database() as url:
+        parts = urlsplit(direct_url(url))
+        proxy = FreezingProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+        port = await proxy.start()
+        try:
+            path = write_config(tmp_path, api, receiver.url)  # shutdown_grace = 2
+            _on_postgres(path, database_url(parts.path.strip("/"), port=port))
+            service = Service(load_config(path), beat_interval=0.2)
+            task = asyncio.create_task(service.run(install_signals=False))
+            await until(lambda: baselined(service), timeout=20, what="baseline on PostgreSQL")
+            proxy.freeze()
+            sim.add_lead(SERIAL_A)  # a poll now waits on the frozen database
+            await until(lambda: any(p.startswith("state: ") for p in service.problems()), timeout=20,
+                        what="the hang noticed")
+            loop = asyncio.get_running_loop()
+            stopped_at = loop.time()
+            service.stop()
+            await asyncio.wait_for(task, 30)
+            # grace 2 s + the hard deadline 5 s + a bounded cancellation + the exit's 1 s and 2 s
+            assert loop.time() - stopped_at < 14.0
+        finally:
+            await proxy.close()

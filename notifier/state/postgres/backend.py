@@ -50,6 +50,7 @@ from ..records import (
 )
 from ..times import moment_us, us
 from . import deliveries, polls, queries, registry, schema
+from .deadline import bounded
 from .deliveries import LIVE
 from .errors import FAILURES, UNAVAILABLE, Where
 from .listener import Listener, read_counter
@@ -63,6 +64,7 @@ POOL_SIZE = (1, 4)  # connections: a daemon's polls and deliveries rarely need m
 CONNECT_TIMEOUT = 5  # seconds for one connection (libpq's connect_timeout), unless the URL says
 POOL_TIMEOUT = 10.0  # seconds a call waits for a free connection before it is StateUnavailable
 CALL_DEADLINE = 30.0  # seconds a daemon's (or sender's) call may take: a server that hangs stops nothing
+OPERATOR_DEADLINE = 60.0  # seconds an operator command's call may take (`state migrate`'s copy has none)
 CLOSE_TIMEOUT = 2.0  # seconds closing may take for its last write
 KEEP_ALIVE = LIVE / 3  # seconds between the refreshes of a sender's (or a daemon's) instance row
 
@@ -84,7 +86,8 @@ class PostgresState:
         self._closed = False
         self._registers = role in ("daemon", "sender")  # the processes that claim deliveries
         # an operator's query (a big export, `leads` over a long ledger) may take as long as it takes
-        self.deadline: float | None = CALL_DEADLINE if self._registers else None
+        self.deadline: float | None = (CALL_DEADLINE if self._registers else
+                                       None if role == "migrate" else OPERATOR_DEADLINE)
 
     @classmethod
     async def open(cls, url: str, role: Role = "daemon") -> PostgresState:
@@ -157,13 +160,15 @@ class PostgresState:
     async def _tx(self, what: str, work: Callable[Concatenate[Conn, P], Awaitable[R]],
                   *args: P.args, **kwargs: P.kwargs) -> R:
         """`work` in one transaction of a pooled connection; `what` names it in an error. Past the
-        deadline the query is cancelled (psycopg cancels it on the server too) and nothing of it
-        was written, as with any failure; a commit cut off may or may not have been, as when the
-        connection drops during a commit."""
+        deadline (or when our caller is cancelled) it ends within a second (deadline.py) and
+        nothing of it was written, as with any failure; a commit cut off may or may not have
+        been, as when the connection drops during a commit."""
+        async def run() -> R:
+            async with self._pool.connection() as conn, conn.transaction():
+                return await work(conn, *args, **kwargs)
+
         try:
-            async with asyncio.timeout(self.deadline):
-                async with self._pool.connection() as conn, conn.transaction():
-                    return await work(conn, *args, **kwargs)
+            return await bounded(run(), self.deadline)
         except TimeoutError:  # the deadline (psycopg reports its own timeouts as OperationalError)
             self._check_pool()
             raise StateUnavailable(f"state database {self._where.text}: {what} failed: no answer within "

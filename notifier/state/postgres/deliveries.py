@@ -100,6 +100,9 @@ async def settle(conn: Conn, outcomes: Sequence[Outcome], instance: str) -> None
     def of(state: str) -> list[tuple[Outcome, int]]:
         return [(o, i) for o in outcomes if o.state == state for i in o.ids]
 
+    await ledger(conn, [(i, o.at, _LEDGER_OUTCOME[o.state], o.status, o.detail)  # first: the rows as they were
+                        if o.state != "done" else (i, o.at, "delivered", o.detail, None)
+                        for o in outcomes if o.state != "release" for i in o.ids], instance)
     if done := of("done"):
         await conn.execute(
             "UPDATE outbox o SET state = 'done', attempts = o.attempts + 1, last_error = NULL, claim = NULL, "
@@ -125,23 +128,24 @@ async def settle(conn: Conn, outcomes: Sequence[Outcome], instance: str) -> None
             "UPDATE outbox o SET next_at_us = u.at, claim = NULL FROM unnest(%s::bigint[], %s::bigint[]) AS u(id, at) "
             "WHERE o.id = u.id AND o.claim = %s",
             ([i for _, i in release], [us(o.at) for o, _ in release], instance))
-    await ledger(conn, [(i, o.at, _LEDGER_OUTCOME[o.state], o.status, o.detail)
-                        if o.state != "done" else (i, o.at, "delivered", o.detail, None)
-                        for o in outcomes if o.state != "release" for i in o.ids])
 
 
-async def ledger(conn: Conn, rows: Sequence[tuple[int, float, str, str | None, str | None]]) -> None:
-    """One ledger line per outbox row: (id, when, outcome, status, detail), in the order given.
-    The attempt number is the row's count after the update (0 for operator actions)."""
+async def ledger(conn: Conn, rows: Sequence[tuple[int, float, str, str | None, str | None]],
+                 instance: str) -> None:
+    """One ledger line per outbox row the settle is about to change, under the updates' own
+    conditions (a delivery already done, or one someone else claimed after our lease ran out,
+    gets none): (id, when, outcome, status, detail), in the order given, attempt number as it
+    will be."""
     if not rows:
         return
     await conn.execute(
         "INSERT INTO attempts (lead_id, sink, at_us, attempt, outcome, status, detail) "
-        "SELECT o.lead_id, o.sink, u.at, o.attempts, u.outcome, u.status, u.detail "
+        "SELECT o.lead_id, o.sink, u.at, o.attempts + 1, u.outcome, u.status, u.detail "
         "FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::text[]) WITH ORDINALITY "
-        "AS u(id, at, outcome, status, detail, ord) JOIN outbox o ON o.id = u.id ORDER BY u.ord",
+        "AS u(id, at, outcome, status, detail, ord) JOIN outbox o ON o.id = u.id "
+        "WHERE o.state = 'pending' AND (u.outcome = 'delivered' OR o.claim = %s) ORDER BY u.ord",
         ([i for i, *_ in rows], [us(at) for _, at, *_ in rows], [outcome for _, _, outcome, _, _ in rows],
-         [cut(status, 200) for *_, status, _ in rows], [cut(detail, 500) for *_, detail in rows]))
+         [cut(status, 200) for *_, status, _ in rows], [cut(detail, 500) for *_, detail in rows], instance))
 
 
 async def release_claims(conn: Conn, now_us: int, instance: str) -> int:

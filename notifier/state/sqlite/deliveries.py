@@ -87,6 +87,9 @@ def settle(db: sqlite3.Connection, outcomes: Sequence[Outcome], instance: str) -
              for o in outcomes if o.state == "retry" for i in o.ids]
     dead = [(o.detail, us(o.at), i, instance) for o in outcomes if o.state == "dead" for i in o.ids]
     release = [(us(o.at), i, instance) for o in outcomes if o.state == "release" for i in o.ids]
+    ledger(db, [(i, o.at, _LEDGER_OUTCOME[o.state], o.status, o.detail)  # first: it sees the rows as they were
+                if o.state != "done" else (i, o.at, "delivered", o.detail, None)
+                for o in outcomes if o.state != "release" for i in o.ids], instance)
     db.executemany("UPDATE outbox SET state = 'done', attempts = attempts + 1, last_error = NULL, claim = NULL, "
                    "updated_at_us = ? WHERE id = ? AND state = 'pending'", done)
     # a delivery someone else claimed meanwhile (its lease ran out) is theirs to settle
@@ -95,18 +98,19 @@ def settle(db: sqlite3.Connection, outcomes: Sequence[Outcome], instance: str) -
     db.executemany("UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?, claim = NULL, "
                    "updated_at_us = ? WHERE id = ? AND claim = ?", dead)
     db.executemany("UPDATE outbox SET next_at_us = ?, claim = NULL WHERE id = ? AND claim = ?", release)
-    ledger(db, [(i, o.at, _LEDGER_OUTCOME[o.state], o.status, o.detail)
-                if o.state != "done" else (i, o.at, "delivered", o.detail, None)
-                for o in outcomes if o.state != "release" for i in o.ids])
 
 
-def ledger(db: sqlite3.Connection, rows: Sequence[tuple[int, float, str, str | None, str | None]]) -> None:
-    """One ledger line per outbox row: (id, when, outcome, status, detail). The attempt number is
-    the row's count after the update (0 for operator actions)."""
+def ledger(db: sqlite3.Connection, rows: Sequence[tuple[int, float, str, str | None, str | None]],
+           instance: str) -> None:
+    """One ledger line per outbox row the settle is about to change, under the updates' own
+    conditions (a delivery already done, or one someone else claimed after our lease ran out,
+    gets none): (id, when, outcome, status, detail), attempt number as it will be."""
     db.executemany(
         "INSERT INTO attempts (lead_id, sink, at_us, attempt, outcome, status, detail) "
-        "SELECT lead_id, sink, ?2, attempts, ?3, ?4, ?5 FROM outbox WHERE id = ?1",
-        [(i, us(at), outcome, cut(status, 200), cut(detail, 500)) for i, at, outcome, status, detail in rows])
+        "SELECT lead_id, sink, ?2, attempts + 1, ?3, ?4, ?5 FROM outbox WHERE id = ?1 AND state = 'pending' "
+        "AND (?3 = 'delivered' OR claim = ?6)",
+        [(i, us(at), outcome, cut(status, 200), cut(detail, 500), instance)
+         for i, at, outcome, status, detail in rows])
 
 
 def release_claims(db: sqlite3.Connection, now_us: int, instance: str) -> int:
