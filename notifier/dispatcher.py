@@ -29,6 +29,7 @@ EXTERNAL_CHECK = 0.25  # how often it looks whether another process (outbox retr
 LEASE = 180.0  # how long a claimed delivery is ours; past it, another process may send it again
 ATTEMPT_DEADLINE = 150.0  # an attempt still running then is a retryable failure: it ends inside its lease
 STATE_RETRY = (0.5, 30.0)  # first and longest wait before writing outcomes again after a failed write
+RELEASE_EVERY = 30.0  # seconds between looks for claims of processes that are gone (another's crash)
 CLOCK_STEP = 60.0  # the wall clock moved this much against the loop's monotonic clock: a step
 
 
@@ -143,12 +144,13 @@ class Dispatcher:
             # saves that copy where the next start finds it, outcomes included
             if self.store.problem is not None and not last:
                 raise StateError(self.store.problem)
-            await self.store.settle(self._outcomes, force=last)
+            settling = list(self._outcomes)  # deliveries ending while the settle awaits join the next one
+            await self.store.settle(settling, force=last)
         except StateError as exc:
             self._state_failed(str(exc))
             return
-        settled, self._outcomes = self._outcomes, []
-        self._recovered(len(settled))
+        del self._outcomes[:len(settling)]  # only what was written: outcomes only ever join at the end
+        self._recovered(len(settling))
 
     def _recovered(self, recorded: int) -> None:
         """The state took a write or answered a read again: the outage, if any, is over."""
@@ -200,11 +202,16 @@ class Dispatcher:
         run again after a failure (the supervisor restarts it): nothing of the last run's
         shutdown carries over."""
         self.stopping = False
+        loop = asyncio.get_running_loop()
         await self._release_and_pull_in()
+        released_at = loop.time()
         stopping = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
                 self._wake.clear()
+                if loop.time() - released_at >= RELEASE_EVERY and self.problem is None:
+                    released_at = loop.time()  # a process that died beside us: its deliveries go out
+                    await self._release_and_pull_in()
                 await self._check_clock()
                 await self.start_due()
                 timeout = await self._idle_wait()

@@ -178,8 +178,7 @@ class ChatbotPoller:
         chatbot = self.chatbot
         serial = chatbot.serial_number
         leads = [lead for lead in leads if lead.key.created_us >= horizon_us]
-        coverage = await self.store.coverage(serial)
-        seen = await self.store.seen_since(serial, min(lead.key.created_us for lead in leads)) if leads else set()
+        coverage, seen = await self.store.known(serial, min(lead.key.created_us for lead in leads) if leads else None)
         notify: list[tuple[Lead, tuple[str, ...]]] = []
         silent: list[Lead] = []
         for lead in leads:

@@ -138,15 +138,40 @@ async def receiver() -> AsyncIterator[Receiver]:
     await runner.cleanup()
 
 
+ENGINES = ("sqlite", "postgresql")
+
+
+def sqlite_state(tmp_path: Path) -> str:
+    """The body of a [state] table naming the SQLite file state.db in `tmp_path`."""
+    return f'path = "{tmp_path / "state.db"}"'
+
+
+@pytest.fixture(params=ENGINES)
+async def state_toml(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """The body of a [state] table, once per engine (test ids `[sqlite]`, `[postgresql]`): the
+    SQLite file state.db in `tmp_path`, or `url = …` of a new PostgreSQL database of the test's
+    own (dropped afterwards; skipped with the reason where no server answers, failed on CI).
+    Whatever uses the database must be closed by the end of the test."""
+    if request.param == "sqlite":
+        yield sqlite_state(tmp_path)
+        return
+    from .state.pg import fresh_database
+    async with fresh_database() as url:
+        yield f'url = "{url}"'
+
+
 def write_config(tmp_path: Path, api_url: str, hook_url: str | None = None, *, extra: str = "",
-                 poll: str = "interval = 0.2", chatbots: str | None = None, sinks: str | None = None) -> Path:
+                 poll: str = "interval = 0.2", chatbots: str | None = None, sinks: str | None = None,
+                 state: str | None = None) -> Path:
+    """A config for the local servers. `state` is the body of its [state] table (the `state_toml`
+    fixture's, to run on either engine); by default the SQLite file state.db in `tmp_path`."""
     if sinks is None:
         sinks = f'[sinks.crm]\ntype = "webhook"\nurl = "{hook_url}"\nsecret = "{WEBHOOK_SECRET}"\n'
     if chatbots is None:
         chatbots = (f'[[chatbots]]\nname = "alpha"\nserial_number = "{SERIAL_A}"\n\n'
                     f'[[chatbots]]\nname = "beta"\nserial_number = "{SERIAL_B}"\n')
     text = (f'[api]\nbase_url = "{api_url}"\napi_key = "{API_KEY}"\ntimeout = 2\nrequests_per_second = 200\n\n'
-            f'[state]\npath = "{tmp_path / "state.db"}"\n\n[poll]\n{poll}\n\n'
+            f'[state]\n{sqlite_state(tmp_path) if state is None else state}\n\n[poll]\n{poll}\n\n'
             f'[delivery]\nbackoff_initial = 0.05\nbackoff_max = 0.2\nshutdown_grace = 2\n\n'
             f"{sinks}\n{chatbots}\n{extra}")
     path = tmp_path / "config.toml"

@@ -337,7 +337,8 @@ def test_state_is_a_file_or_a_database_never_both() -> None:
 
 
 @pytest.mark.parametrize(("url", "message"), [
-    ("postgresql://postgres:hunter@2SECRET@127.0.0.1:5432/postgres", "percent-encode it"),  # libpq would split it elsewhere
+    # libpq would split it at the first @, Python at the last
+    ("postgresql://postgres:hunter@2SECRET@127.0.0.1:5432/postgres", "percent-encode it"),
     ("mysql://u:p@h/d", "must be a postgresql:// URL"),
     ("postgresql://u:p@h:5432/", "names no database"),
     ("postgresql://u:p@h:99999/d", "is not a valid URL"),

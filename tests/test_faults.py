@@ -18,7 +18,7 @@ from aiohttp import web
 from notifier.config import load_config
 from notifier.service import Service
 from notifier.simulator import Simulator
-from notifier.state import LeadQuery
+from notifier.state import LeadQuery, open_state
 from notifier.state.sqlite import SQLiteState
 
 from .conftest import SERIAL_A, SERIAL_B, Receiver, baselined, serve, until, write_config
@@ -36,11 +36,18 @@ FAULTS = {
 }
 
 
-@pytest.mark.parametrize("fault", sorted(FAULTS))
+# Every fault on SQLite; on PostgreSQL a few of them (a server error, no data, records that cannot be
+# read): the engine only sees polls that record nothing, and each of these takes a second or so.
+PG_FAULTS = ("html-502", "data-null", "malformed-records")
+
+
+@pytest.mark.parametrize(("fault", "state_toml"),
+                         [(fault, "sqlite") for fault in sorted(FAULTS)]
+                         + [(fault, "postgresql") for fault in PG_FAULTS], indirect=["state_toml"])
 async def test_vendor_fault_hurts_only_its_chatbot_and_loses_nothing(
-        fault: str, simulator: tuple[Simulator, str], receiver: Receiver, tmp_path: Path) -> None:
+        fault: str, simulator: tuple[Simulator, str], receiver: Receiver, tmp_path: Path, state_toml: str) -> None:
     sim, url = simulator
-    config = load_config(write_config(tmp_path, url, receiver.url, poll="interval = 0.1"))
+    config = load_config(write_config(tmp_path, url, receiver.url, poll="interval = 0.1", state=state_toml))
     config = replace(config, api=replace(config.api, timeout=0.5))
     service = Service(config)
     task = asyncio.create_task(service.run(install_signals=False))
@@ -62,10 +69,11 @@ def kill_rounds() -> int:
     return int(os.environ.get("KILL_ROUNDS", "4"))
 
 
-async def kill_loop(simulator: tuple[Simulator, str], receiver: Receiver, tmp_path: Path, rounds: int) -> None:
+async def kill_loop(simulator: tuple[Simulator, str], receiver: Receiver, tmp_path: Path, rounds: int,
+                    state_toml: str) -> None:
     sim, url = simulator
     receiver.fail_every = 5  # a consumer that fails a fifth of all requests
-    config = write_config(tmp_path, url, receiver.url, poll='interval = 0.1\nfirst_run = "notify"')
+    config = write_config(tmp_path, url, receiver.url, poll='interval = 0.1\nfirst_run = "notify"', state=state_toml)
     config.write_text(config.read_text().replace("backoff_initial = 0.05",
                                                  "backoff_initial = 0.02\nmax_attempts = 1000"))
     daemon = [sys.executable, "-m", "notifier", "run", "--config", str(config)]
@@ -82,7 +90,7 @@ async def kill_loop(simulator: tuple[Simulator, str], receiver: Receiver, tmp_pa
     try:
         await until(lambda: {int(r.json["data"]["lead"]["SessionID"]) for r in receiver.accepted} >= set(created),
                     timeout=60, what="every lead delivered after the kills")
-        await until(lambda: _settled(tmp_path), timeout=20, what="outbox settled")
+        await until(lambda: _settled(config), timeout=20, what="outbox settled")
     finally:
         proc.terminate()
         await proc.wait()
@@ -98,9 +106,9 @@ async def kill_loop(simulator: tuple[Simulator, str], receiver: Receiver, tmp_pa
     assert duplicates <= rounds * 16  # only deliveries in flight at a kill ([delivery] concurrency each)
 
 
-async def _settled(tmp_path: Path) -> bool:
+async def _settled(config: Path) -> bool:
     """No delivery is left undone (pending, held or dead), as an operator command beside the daemon sees it."""
-    state = SQLiteState(tmp_path / "state.db", "operator")
+    state = await open_state(load_config(config), "operator")
     try:
         return sum(c.pending + c.held + c.dead for c in (await state.sink_counts()).values()) == 0
     finally:
@@ -108,14 +116,59 @@ async def _settled(tmp_path: Path) -> bool:
 
 
 async def test_sigkill_at_random_moments_loses_nothing(simulator: tuple[Simulator, str], receiver: Receiver,
-                                                       tmp_path: Path) -> None:
-    await kill_loop(simulator, receiver, tmp_path, rounds=kill_rounds())
+                                                       tmp_path: Path, state_toml: str) -> None:
+    await kill_loop(simulator, receiver, tmp_path, rounds=kill_rounds(), state_toml=state_toml)
 
 
 @pytest.mark.slow
 async def test_sigkill_at_random_moments_long(simulator: tuple[Simulator, str], receiver: Receiver,
-                                              tmp_path: Path) -> None:
-    await kill_loop(simulator, receiver, tmp_path, rounds=30)
+                                              tmp_path: Path, state_toml: str) -> None:
+    await kill_loop(simulator, receiver, tmp_path, rounds=30, state_toml=state_toml)
+
+
+@pytest.mark.parametrize("state_toml", ["sqlite", "postgresql"], indirect=True)
+async def test_a_delivery_in_flight_at_a_sigkill_goes_out_again_after_the_restart(
+        simulator: tuple[Simulator, str], receiver: Receiver, tmp_path: Path, state_toml: str) -> None:
+    """The kill loop's worst moment, made certain: the daemon is killed while the receiver holds
+    its request, and started again at once. The restarted daemon sends that delivery again (same
+    webhook-id) without waiting out the dead one's lease (180 s): on PostgreSQL the dead instance's
+    heartbeat is still fresh, but its process is gone from this host."""
+    sim, url = simulator
+    receiver.responses = [(200, {}, 60.0)]  # the first request is held (until teardown)
+    config = write_config(tmp_path, url, receiver.url, poll="interval = 0.1", state=state_toml)
+    daemon = [sys.executable, "-m", "notifier", "run", "--config", str(config)]
+    proc = await asyncio.create_subprocess_exec(*daemon, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        await until(lambda: _coverage(config, SERIAL_A), timeout=20, what="the first daemon's baseline")
+        lead = sim.add_lead(SERIAL_A)
+        await until(lambda: len(receiver.received) == 1, timeout=20, what="the request in flight")
+    finally:
+        proc.kill()
+        await proc.wait()
+    proc = await asyncio.create_subprocess_exec(*daemon, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        await until(lambda: len(receiver.accepted) == 1, timeout=20, what="the delivery, sent again after the restart")
+        await until(lambda: _settled(config), timeout=10, what="outbox settled")
+    finally:
+        proc.terminate()
+        await proc.wait()
+    first, again = receiver.received[0], receiver.accepted[0]
+    assert int(again.json["data"]["lead"]["SessionID"]) == lead["SessionID"]
+    assert again.headers["webhook-id"] == first.headers["webhook-id"]
+
+
+async def _coverage(config: Path, serial: str) -> bool:
+    """The chatbot's first poll is recorded (False while the daemon has not created the state yet)."""
+    from notifier.exceptions import StateMissing
+
+    try:
+        state = await open_state(load_config(config), "operator")
+    except StateMissing:
+        return False
+    try:
+        return await state.coverage(serial) is not None
+    finally:
+        await state.close()
 
 
 async def test_state_locked_by_another_process_fails_the_poll_not_the_daemon(

@@ -28,13 +28,14 @@ def flood_sinks(receiver: Receiver, slack: SlackStandIn, mailbox: Mailbox, slack
 
 async def test_a_flood_digests_for_people_delivers_to_machines_and_holds_on_request(
         simulator: tuple[Simulator, str], receiver: Receiver, slack: SlackStandIn, mailbox: Mailbox,
-        tmp_path: Path) -> None:
+        tmp_path: Path, state_toml: str) -> None:
     sim, url = simulator
     receiver.secret = None
     chatbots = f'[[chatbots]]\nname = "sales"\nserial_number = "{SERIAL_A}"\n'
     # first_run = "notify" after the state file was lost: everything in the lookback is "new"
     config = load_config(write_config(tmp_path, url, poll='first_run = "notify"\nflood_threshold = 20',
-                                      sinks=flood_sinks(receiver, slack, mailbox), chatbots=chatbots))
+                                      sinks=flood_sinks(receiver, slack, mailbox), chatbots=chatbots,
+                                      state=state_toml))
     for _ in range(30):
         sim.add_lead(SERIAL_A)
     log = io.StringIO()
@@ -85,12 +86,12 @@ async def test_a_flood_digests_for_people_delivers_to_machines_and_holds_on_requ
 
 async def test_on_flood_deliver_keeps_single_messages(simulator: tuple[Simulator, str], receiver: Receiver,
                                                        slack: SlackStandIn, mailbox: Mailbox,
-                                                       tmp_path: Path) -> None:
+                                                       tmp_path: Path, state_toml: str) -> None:
     sim, url = simulator
     sinks = flood_sinks(receiver, slack, mailbox, 'on_flood = "deliver"')
     chatbots = f'[[chatbots]]\nname = "sales"\nserial_number = "{SERIAL_A}"\nsinks = ["slack"]\n'
     config = load_config(write_config(tmp_path, url, poll='first_run = "notify"\nflood_threshold = 2',
-                                      sinks=sinks, chatbots=chatbots))
+                                      sinks=sinks, chatbots=chatbots, state=state_toml))
     for _ in range(4):
         sim.add_lead(SERIAL_A)
     assert await Service(config).once() == []

@@ -54,6 +54,10 @@ class State(Protocol):
     async def seen_since(self, serial: str, since_us: int) -> set[tuple[int, int]]:
         """(SessionID, CreateTime µs) of the seen keys from `since_us` on."""
 
+    async def known(self, serial: str, since_us: int | None) -> tuple[int | None, set[tuple[int, int]]]:
+        """`coverage` and (unless `since_us` is None) `seen_since`, in one read: what a poll that
+        found something asks before it decides what is new."""
+
     async def record_poll(self, poll: PollRecord) -> int:
         """Seen keys and their deliveries, in one durable transaction that only inserts what is
         new. Returns the number of deliveries queued."""

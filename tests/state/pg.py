@@ -1,5 +1,6 @@
 """A PostgreSQL database of its own for each test: created empty from an autocommit connection to
-the server's `postgres` database, dropped (WITH (FORCE)) afterwards. Where no server answers the
+the server's `postgres` database, emptied afterwards and used again by a later test (the spares
+are dropped when the run ends). Where no server answers the
 tests are skipped with the reason, except on CI (`CI=true`), where that is a failure.
 
 The server is NOTIFIER_TEST_POSTGRES if set, else postgresql://postgres@127.0.0.1:5432/postgres.
@@ -8,6 +9,7 @@ under test connect through it instead: the suite then checks transaction pooling
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -54,20 +56,61 @@ async def _admin() -> psycopg.AsyncConnection[Any]:
         pytest.skip(reason)
 
 
+_SPARE: list[str] = []  # emptied databases, used again: creating one costs 0.4 s, emptying 0.02 s
+
+
 @contextlib.asynccontextmanager
 async def fresh_database() -> AsyncIterator[str]:
-    """An empty database of its own; yields its URL. Whatever still uses it at the end is
-    disconnected when it is dropped."""
-    name = f"notifier_test_{uuid4().hex[:16]}"
+    """An empty database of its own; yields its URL. Afterwards whatever still uses it is
+    disconnected and it is emptied (its `public` schema dropped and made again) for the next
+    test; the spares are dropped when the test run ends."""
     admin = await _admin()
     async with admin:
-        await admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        if _SPARE:
+            name = _SPARE.pop()
+        else:
+            name = f"notifier_test_{uuid4().hex[:16]}"
+            await admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            if not _SPARE and not _cleanup_registered:
+                _register_cleanup()
     try:
         yield database_url(name, admin_url=CLIENT_URL)
     finally:
+        await _empty(name)
+
+
+async def _empty(name: str) -> None:
+    admin = await _admin()
+    async with admin:
+        await admin.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                            "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+    try:
+        async with await psycopg.AsyncConnection.connect(database_url(name), autocommit=True,
+                                                         connect_timeout=5) as conn:
+            await conn.execute("DROP SCHEMA public CASCADE")
+            await conn.execute("CREATE SCHEMA public")
+    except psycopg.Error:  # a test that broke it: not used again
         admin = await _admin()
         async with admin:
             await admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        return
+    _SPARE.append(name)
+
+
+_cleanup_registered = False
+
+
+def _register_cleanup() -> None:
+    global _cleanup_registered
+    _cleanup_registered = True
+
+    def drop_spares() -> None:
+        with contextlib.suppress(psycopg.Error), psycopg.connect(ADMIN_URL, autocommit=True,
+                                                                 connect_timeout=5) as conn:
+            for name in _SPARE:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    atexit.register(drop_spares)
 
 
 async def run_sql(url: str, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

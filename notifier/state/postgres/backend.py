@@ -85,7 +85,8 @@ class PostgresState:
         self._checking: asyncio.Task[None] | None = None
         self._closed = False
         self._registers = role in ("daemon", "sender")  # the processes that claim deliveries
-        # an operator's query (a big export, `leads` over a long ledger) may take as long as it takes
+        self.insist_on_sync = True  # SET LOCAL synchronous_commit = on when recording (not if the server says so)
+        # an operator's query has a deadline too (`state migrate`'s copy takes as long as it takes)
         self.deadline: float | None = (CALL_DEADLINE if self._registers else
                                        None if role == "migrate" else OPERATOR_DEADLINE)
 
@@ -105,18 +106,22 @@ class PostgresState:
         try:
             async with conn:
                 await schema.migrate(conn, create=role in ("daemon", "migrate"), where=where)
+                cursor = await conn.execute("SHOW synchronous_commit")
+                durable = (await cursor.fetchone() or ("",))[0] == "on"
         except FAILURES as exc:
             raise StateError(f"state database {where.text}: cannot prepare its schema: "
                              f"{where.reason(exc)}") from None
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             url, min_size=POOL_SIZE[0], max_size=POOL_SIZE[1], open=False, timeout=POOL_TIMEOUT,
-            name="smarterbot-notifier-state", kwargs={**options, "autocommit": False})
+            # autocommit: a read of one statement is one round trip; a write opens its transaction
+            name="smarterbot-notifier-state", kwargs={**options, "autocommit": True})
         try:
             await pool.open(wait=True, timeout=POOL_TIMEOUT)
         except FAILURES as exc:
             await pool.close()
             raise StateError(f"cannot reach the state database {where.text}: {where.reason(exc)}") from None
         state = cls(pool, where, role, f"{socket.gethostname()}:{os.getpid()}:{uuid4().hex[:8]}")
+        state.insist_on_sync = not durable
         try:
             await state._start(url, options)
         except BaseException:
@@ -131,7 +136,7 @@ class PostgresState:
         self._keeping = asyncio.create_task(self._keep_alive(), name="state-keep-alive")
         if self.role == "daemon":
             self._listener = Listener(url, self._where, options,
-                                      counter=lambda: self._tx("reading the change counter", read_counter))
+                                      counter=lambda: self._read("reading the change counter", read_counter))
             await self._listener.start(wait=CONNECT_TIMEOUT + 1.0)
 
     @property
@@ -157,15 +162,27 @@ class PostgresState:
             await self._pool.close(timeout=CLOSE_TIMEOUT)
 
     # -- transactions -------------------------------------------------------------------
+    async def _read(self, what: str, work: Callable[Concatenate[Conn, P], Awaitable[R]],
+                    *args: P.args, **kwargs: P.kwargs) -> R:
+        """A read of one statement: its own transaction, one round trip (no BEGIN, no COMMIT)."""
+        return await self._call(what, False, work, *args, **kwargs)
+
     async def _tx(self, what: str, work: Callable[Concatenate[Conn, P], Awaitable[R]],
                   *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self._call(what, True, work, *args, **kwargs)
+
+    async def _call(self, what: str, transaction: bool, work: Callable[Concatenate[Conn, P], Awaitable[R]],
+                    *args: P.args, **kwargs: P.kwargs) -> R:
         """`work` in one transaction of a pooled connection; `what` names it in an error. Past the
         deadline (or when our caller is cancelled) it ends within a second (deadline.py) and
         nothing of it was written, as with any failure; a commit cut off may or may not have
         been, as when the connection drops during a commit."""
         async def run() -> R:
-            async with self._pool.connection() as conn, conn.transaction():
-                return await work(conn, *args, **kwargs)
+            async with self._pool.connection() as conn:
+                if not transaction:
+                    return await work(conn, *args, **kwargs)
+                async with conn.transaction():
+                    return await work(conn, *args, **kwargs)
 
         try:
             return await bounded(run(), self.deadline)
@@ -200,13 +217,17 @@ class PostgresState:
 
     # -- polls --------------------------------------------------------------------------
     async def coverage(self, serial: str) -> int | None:
-        return await self._tx("reading a chatbot's coverage", polls.coverage, serial)
+        return await self._read("reading a chatbot's coverage", polls.coverage, serial)
 
     async def seen_since(self, serial: str, since_us: int) -> set[tuple[int, int]]:
-        return await self._tx("reading seen leads", polls.seen_since, serial, since_us)
+        return await self._read("reading seen leads", polls.seen_since, serial, since_us)
+
+    async def known(self, serial: str, since_us: int | None) -> tuple[int | None, set[tuple[int, int]]]:
+        return await self._read("reading what is known of a chatbot", polls.known, serial, since_us)
 
     async def record_poll(self, poll: PollRecord) -> int:
-        return await self._tx("recording a poll", polls.record, poll)
+        call = self._tx if self.insist_on_sync else self._read  # one statement: its own transaction
+        return await call("recording a poll", polls.record, poll, self.insist_on_sync)
 
     async def prune(self, serial: str, horizon_us: int, ledger_before: float | None = None) -> int:
         return await self._tx("pruning seen leads", polls.prune, serial, horizon_us, ledger_before)
@@ -229,7 +250,7 @@ class PostgresState:
                        only: Collection[int] | None = None) -> float | None:
         if not sinks:
             return None
-        return await self._tx("reading the next due time", deliveries.next_due, sinks, after, only)
+        return await self._read("reading the next due time", deliveries.next_due, sinks, after, only)
 
     async def settle(self, outcomes: Sequence[Outcome], *, force: bool = False) -> None:
         if outcomes:
@@ -245,21 +266,21 @@ class PostgresState:
         return await self._tx("rescheduling deliveries", deliveries.reschedule, us(now), us(step))
 
     async def count_pending(self, ids: Collection[int]) -> int:
-        return await self._tx("counting pending deliveries", deliveries.count_pending, ids)
+        return await self._read("counting pending deliveries", deliveries.count_pending, ids)
 
     # -- operator -----------------------------------------------------------------------
     async def sink_counts(self) -> dict[str, SinkCounts]:
-        return await self._tx("counting deliveries", queries.sink_counts)
+        return await self._read("counting deliveries", queries.sink_counts)
 
     async def chatbots(self) -> dict[str, str]:
-        return await self._tx("reading chatbots", queries.chatbots)
+        return await self._read("reading chatbots", queries.chatbots)
 
     async def new_since(self, since: datetime) -> dict[str, int]:
-        return await self._tx("counting new leads", queries.new_since, moment_us(since))
+        return await self._read("counting new leads", queries.new_since, moment_us(since))
 
     async def outbox(self, *, state: Unsettled = "pending", sink: str | None = None,
                      limit: int = 100) -> list[OutboxRow]:
-        return await self._tx("reading the outbox", queries.outbox, state, sink, limit)
+        return await self._read("reading the outbox", queries.outbox, state, sink, limit)
 
     async def requeue(self, now: float, *, state: Unsettled, sink: str | None = None,
                       why: str = "outbox retry") -> int:
@@ -277,7 +298,7 @@ class PostgresState:
         return await self._tx("reading leads", queries.find_leads, query, limit, with_attempts)
 
     async def count_leads(self, query: LeadQuery) -> int:
-        return await self._tx("counting leads", queries.count_leads, query)
+        return await self._read("counting leads", queries.count_leads, query)
 
     async def leads_by_webhook_id(self, wanted: str) -> list[int]:
         return await self._tx("finding leads by webhook-id", queries.leads_by_webhook_id, wanted)
@@ -291,7 +312,7 @@ class PostgresState:
         return self.problem
 
     async def instances(self, now: float) -> list[Instance]:
-        return await self._tx("reading instances", registry.listed, now)
+        return await self._read("reading instances", registry.listed, now)
 
     async def schema_state(self) -> str:
         return schema.describe(await self._tx("reading the schema version", schema.schema_version, self._where))

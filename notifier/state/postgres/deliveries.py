@@ -10,6 +10,8 @@ owns the transactions."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -149,8 +151,15 @@ async def ledger(conn: Conn, rows: Sequence[tuple[int, float, str, str | None, s
 
 
 async def release_claims(conn: Conn, now_us: int, instance: str) -> int:
-    """Claims of instances that are gone (no heartbeat for LIVE seconds, or stopped) are due now;
-    never this process's own, nor a live instance's. Instances gone for FORGOTTEN go."""
+    """Claims of instances that are gone (no heartbeat for LIVE seconds, stopped, or — on this
+    host — whose process no longer exists: a daemon restarted at once after a kill -9 does not wait
+    out the lease) are due now; never this process's own, nor a live instance's. Instances gone
+    for FORGOTTEN go."""
+    cursor = await conn.execute("SELECT id, pid FROM instances WHERE host = %s AND id <> %s AND stopped_us IS NULL",
+                                (socket.gethostname(), instance))
+    dead = [other for other, pid in await cursor.fetchall() if not _running(int(pid))]
+    if dead:
+        await conn.execute("UPDATE instances SET stopped_us = %s WHERE id = ANY(%s::text[])", (now_us, dead))
     cursor = await conn.execute(
         "UPDATE outbox o SET next_at_us = %(now)s, claim = NULL WHERE o.claim IS NOT NULL AND o.claim <> %(me)s "
         "AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = o.claim AND i.stopped_us IS NULL "
@@ -160,6 +169,18 @@ async def release_claims(conn: Conn, now_us: int, instance: str) -> int:
     await conn.execute("DELETE FROM instances WHERE id <> %s AND heartbeat_us < %s",
                        (instance, now_us - us(FORGOTTEN)))
     return released
+
+
+def _running(pid: int) -> bool:
+    """Whether a process of that pid exists here (another's, after pid reuse, counts: then the
+    heartbeat decides)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, as another user's
+        return True
+    return True
 
 
 async def pull_in(conn: Conn, now_us: int, latest_us: int) -> int:

@@ -2,8 +2,9 @@
 and the pruning and forgetting of keys. Functions of a connection inside a transaction; the
 backend owns the transaction.
 
-A poll is a handful of statements whatever it found: every lead, delivery and ledger line of it
-goes in one statement over arrays (`unnest`), not one round trip each."""
+A poll that found something is two round trips whatever it found: one read of what is known
+(coverage and seen keys), and one statement that records every lead, delivery and ledger line of
+it over arrays (`unnest`)."""
 
 from __future__ import annotations
 
@@ -20,22 +21,6 @@ from .schema import BATCHES
 _RAW_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # as SQLite writes it
 
 Conn = AsyncConnection[Any]
-
-_LEADS = (
-    "INSERT INTO leads (serial, session_id, created_us, chatbot, type, raw, detected_at_us, notified) "
-    "SELECT %(serial)s, s, c, %(chatbot)s, t, r, %(now)s, n "
-    "FROM unnest(%(sessions)s::bigint[], %(created)s::bigint[], %(types)s::text[], %(raws)s::text[], "
-    "%(notified)s::boolean[]) WITH ORDINALITY AS x(s, c, t, r, n, ord) "
-    "ORDER BY ord ON CONFLICT DO NOTHING")  # the first of a key wins, as in SQLite
-# each planned delivery finds its lead by key: the lead row exists (recorded now, or before)
-_PLANNED = ("FROM unnest(%(sessions)s::bigint[], %(created)s::bigint[], %(sinks)s::text[], %(states)s::text[], "
-            "%(batched)s::boolean[]) WITH ORDINALITY AS d(s, c, sink, state, batched, ord) "
-            "JOIN leads l ON l.serial = %(serial)s AND l.session_id = d.s AND l.created_us = d.c ")
-_DELIVERIES = ("INSERT INTO outbox (lead_id, sink, state, next_at_us, batch, created_at_us, updated_at_us) "
-               "SELECT l.id, d.sink, d.state, %(now)s, CASE WHEN d.batched THEN %(batch)s::bigint END, "
-               f"%(now)s, %(now)s {_PLANNED}ORDER BY d.ord ON CONFLICT (lead_id, sink) DO NOTHING")
-_HELD = ("INSERT INTO attempts (lead_id, sink, at_us, attempt, outcome, detail) "
-         f"SELECT l.id, d.sink, %(now)s, 0, 'held', %(reason)s {_PLANNED}WHERE d.state = 'held' ORDER BY d.ord")
 
 
 async def coverage(conn: Conn, serial: str) -> int | None:
@@ -58,39 +43,68 @@ async def next_batch(conn: Conn) -> int:
     return int(row[0])
 
 
-async def write_poll(conn: Conn, poll: PollRecord) -> int:
-    """As SQLite's write_poll: returns the number of deliveries queued (those not there already)."""
-    serial, notify, batches, held = poll.serial, poll.notify, poll.batches, poll.held
-    now = moment_us(poll.detected_at)
-    await conn.execute(
-        "INSERT INTO chatbots (serial, name, covered_from_us, first_seen_us) VALUES (%s, %s, %s, %s) "
-        "ON CONFLICT (serial) DO UPDATE SET name = excluded.name, "
-        "covered_from_us = LEAST(chatbots.covered_from_us, excluded.covered_from_us)",
-        (serial, poll.chatbot, poll.covered_from_us, now))
+async def known(conn: Conn, serial: str, since_us: int | None) -> tuple[int | None, set[tuple[int, int]]]:
+    """Coverage and the seen keys from `since_us` on, in one statement (one round trip)."""
+    cursor = await conn.execute(
+        "SELECT covered_from_us, NULL::bigint, NULL::bigint FROM chatbots WHERE serial = %(serial)s "
+        "UNION ALL SELECT NULL, session_id, created_us FROM leads "
+        "WHERE serial = %(serial)s AND created_us >= %(since)s",
+        {"serial": serial, "since": INFINITY_US if since_us is None else since_us})
+    coverage: int | None = None
+    seen: set[tuple[int, int]] = set()
+    for covered, session, created in await cursor.fetchall():
+        if covered is not None:
+            coverage = int(covered)
+        else:
+            seen.add((int(session), int(created)))
+    return coverage, seen
+
+
+# A poll's findings in one statement, so in one round trip and (autocommitted) one transaction:
+# the chatbot's coverage, the leads (only what is new is inserted), a digest batch id when one is
+# wanted, each planned delivery joined to its lead — new ones by what the insert returned, earlier
+# ones as the statement's snapshot shows them — and the ledger line of each held delivery queued.
+_RECORD = (
+    "WITH chatbot AS (INSERT INTO chatbots (serial, name, covered_from_us, first_seen_us) "
+    "VALUES (%(serial)s, %(chatbot)s, %(covered)s, %(now)s) ON CONFLICT (serial) DO UPDATE SET name = excluded.name, "
+    "covered_from_us = LEAST(chatbots.covered_from_us, excluded.covered_from_us) RETURNING 1), "
+    "new AS (INSERT INTO leads (serial, session_id, created_us, chatbot, type, raw, detected_at_us, notified) "
+    "SELECT %(serial)s, s, c, %(chatbot)s, t, r, %(now)s, n "
+    "FROM unnest(%(sessions)s::bigint[], %(created)s::bigint[], %(types)s::text[], %(raws)s::text[], "
+    "%(notified)s::boolean[]) WITH ORDINALITY AS x(s, c, t, r, n, ord) "
+    "ORDER BY ord ON CONFLICT DO NOTHING RETURNING id, session_id, created_us), "  # the first of a key wins
+    "batch AS (SELECT CASE WHEN %(want_batch)s THEN nextval('outbox_batches') END AS id), "  # schema.BATCHES
+    "planned AS (SELECT * FROM unnest(%(psessions)s::bigint[], %(pcreated)s::bigint[], %(sinks)s::text[], "
+    "%(states)s::text[], %(batched)s::boolean[]) WITH ORDINALITY AS d(s, c, sink, state, batched, ord)), "
+    "ids AS (SELECT id, session_id, created_us FROM new UNION ALL SELECT l.id, l.session_id, l.created_us "
+    "FROM leads l WHERE l.serial = %(serial)s AND (l.session_id, l.created_us) IN (SELECT s, c FROM planned)), "
+    "queued AS (INSERT INTO outbox (lead_id, sink, state, next_at_us, batch, created_at_us, updated_at_us) "
+    "SELECT i.id, d.sink, d.state, %(now)s, CASE WHEN d.batched THEN (SELECT id FROM batch) END, %(now)s, %(now)s "
+    "FROM planned d JOIN ids i ON i.session_id = d.s AND i.created_us = d.c ORDER BY d.ord "
+    "ON CONFLICT (lead_id, sink) DO NOTHING RETURNING lead_id, sink, state), "
+    "held AS (INSERT INTO attempts (lead_id, sink, at_us, attempt, outcome, detail) "
+    "SELECT lead_id, sink, %(now)s, 0, 'held', %(reason)s FROM queued WHERE state = 'held') "
+    "SELECT count(*) FROM queued")
+
+
+def record_values(poll: PollRecord) -> dict[str, Any]:
+    notify, batches, held = poll.notify, poll.batches, poll.held
     flagged = [(lead, True) for lead, _ in notify] + [(lead, False) for lead in poll.silent]
-    if flagged:
-        await conn.execute(_LEADS, {
-            "serial": serial, "chatbot": poll.chatbot, "now": now,
-            "sessions": [lead.key.session_id for lead, _ in flagged],
-            "created": [lead.key.created_us for lead, _ in flagged],
-            "types": [lead.type for lead, _ in flagged],
-            "raws": [_RAW_JSON(lead.raw) for lead, _ in flagged],
-            "notified": [notified for _, notified in flagged]})
     planned = [(lead, sink) for lead, sinks in notify for sink in sinks]
-    if not planned:
-        return 0
-    batch_id = await next_batch(conn) if batches else None
-    values = {
-        "serial": serial, "now": now, "batch": batch_id, "reason": cut(poll.held_reason, 500),
-        "sessions": [lead.key.session_id for lead, _ in planned],
-        "created": [lead.key.created_us for lead, _ in planned],
+    return {
+        "serial": poll.serial, "chatbot": poll.chatbot, "covered": poll.covered_from_us,
+        "now": moment_us(poll.detected_at), "reason": cut(poll.held_reason, 500),
+        "sessions": [lead.key.session_id for lead, _ in flagged],
+        "created": [lead.key.created_us for lead, _ in flagged],
+        "types": [lead.type for lead, _ in flagged],
+        "raws": [_RAW_JSON(lead.raw) for lead, _ in flagged],
+        "notified": [notified for _, notified in flagged],
+        "want_batch": bool(batches) and bool(planned),
+        "psessions": [lead.key.session_id for lead, _ in planned],
+        "pcreated": [lead.key.created_us for lead, _ in planned],
         "sinks": [sink for _, sink in planned],
         "states": ["held" if sink in held else "pending" for _, sink in planned],
         "batched": [sink in batches for _, sink in planned]}
-    cursor = await conn.execute(_DELIVERIES, values)
-    if any(sink in held for _, sink in planned):  # the ledger says why these wait
-        await conn.execute(_HELD, values)
-    return cursor.rowcount
 
 
 async def prune(conn: Conn, serial: str, horizon_us: int, ledger_before: float | None) -> int:
@@ -122,11 +136,16 @@ async def forget(conn: Conn, serial: str, dry_run: bool) -> int:
     return cursor.rowcount
 
 
-async def record(conn: Conn, poll: PollRecord) -> int:
-    """A poll's records, durable when committed even if the server is set to commit
-    asynchronously: a lead that later leaves the API's window must never vanish."""
-    await conn.execute("SET LOCAL synchronous_commit = on")
-    return await write_poll(conn, poll)
+async def record(conn: Conn, poll: PollRecord, insist_on_sync: bool) -> int:
+    """A poll's records (the number of deliveries queued: those not there already), durable when
+    committed even if the server is set to commit asynchronously (`insist_on_sync`: it said so at
+    open, and then this runs in a transaction of its own; otherwise the statement is its own): a
+    lead that later leaves the API's window must never vanish."""
+    if insist_on_sync:
+        await conn.execute("SET LOCAL synchronous_commit = on")
+    cursor = await conn.execute(_RECORD, record_values(poll))
+    row = await cursor.fetchone()
+    return 0 if row is None else int(row[0])
 
 
 async def forget_announced(conn: Conn, serial: str, dry_run: bool) -> int:

@@ -72,6 +72,10 @@ class SQLiteState:
     async def seen_since(self, serial: str, since_us: int) -> set[tuple[int, int]]:
         return self.file.read(polls.seen_since, serial, since_us)
 
+    async def known(self, serial: str, since_us: int | None) -> tuple[int | None, set[tuple[int, int]]]:
+        coverage = self.file.read(polls.coverage, serial)
+        return coverage, set() if since_us is None else self.file.read(polls.seen_since, serial, since_us)
+
     async def record_poll(self, poll: PollRecord) -> int:
         return await self._recorder.record(poll)
 
