@@ -272,3 +272,25 @@ async def test_a_frozen_network_ends_a_call_near_its_deadline(url: str, opened: 
         proxy.thaw()
     finally:
         await proxy.close()
+
+
+async def test_polls_finishing_together_share_a_statement_and_never_fail_each_other(
+        url: str, opened: list[PostgresState]) -> None:
+    """A burst's polls are written as groups (one statement each); a poll whose value the server
+    refuses (a NUL character in a name) fails alone, and two polls of one chatbot never share one."""
+    state = await PostgresState.open(url, "daemon")
+    opened.append(state)
+    now = wall()
+    polls = [poll(now, [(lead(i, serial=f"bot-{i}"), ("crm", "slack"))], serial=f"bot-{i}", chatbot=f"Bot {i}",
+                  batches=("slack",)) for i in range(1, 21)]
+    polls.append(poll(now, [(lead(99, serial="bot-1"), ("crm",))], serial="bot-1", chatbot="Bot 1"))  # the same chatbot
+    assert await asyncio.gather(*(state.record_poll(p) for p in polls)) == [2] * 20 + [1]
+    assert state._groups.groups == 2  # 20 chatbots in one statement; bot-1's second poll in the next
+    claimed = flat(await state.claim(now, {"crm": 100, "slack": 100}, lease=LEASE))
+    assert len(claimed) == 41 and len({d.batch for d in claimed if d.sink == "slack"}) == 20  # a batch per poll
+    good = poll(now, [(lead(60, serial="bot-good"), ("crm",))], serial="bot-good", chatbot="Good Bot")
+    bad = poll(now, [(lead(50, serial="bot-bad"), ("crm",))], serial="bot-bad", chatbot="Bad\x00Bot")
+    results = await asyncio.gather(state.record_poll(good), state.record_poll(bad), return_exceptions=True)
+    assert results[0] == 1
+    assert isinstance(results[1], StateError) and not isinstance(results[1], StateUnavailable)
+    assert "bot-good" in await state.chatbots() and "bot-bad" not in await state.chatbots()

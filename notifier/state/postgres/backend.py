@@ -53,6 +53,7 @@ from . import deliveries, polls, queries, registry, schema
 from .deadline import bounded
 from .deliveries import LIVE
 from .errors import FAILURES, UNAVAILABLE, Where
+from .groupcommit import PollGroups
 from .listener import Listener, read_counter
 from .moving import export, import_snapshot
 
@@ -85,6 +86,7 @@ class PostgresState:
         self._checking: asyncio.Task[None] | None = None
         self._closed = False
         self._registers = role in ("daemon", "sender")  # the processes that claim deliveries
+        self._groups = PollGroups(self._record_group)
         self.insist_on_sync = True  # SET LOCAL synchronous_commit = on when recording (not if the server says so)
         # an operator's query has a deadline too (`state migrate`'s copy takes as long as it takes)
         self.deadline: float | None = (CALL_DEADLINE if self._registers else
@@ -148,6 +150,7 @@ class PostgresState:
         if self._closed:
             return
         self._closed = True
+        await self._groups.close()
         if self._listener is not None:
             await self._listener.close()
         tasks = [task for task in (self._keeping, self._checking) if task is not None]
@@ -226,8 +229,11 @@ class PostgresState:
         return await self._read("reading what is known of a chatbot", polls.known, serial, since_us)
 
     async def record_poll(self, poll: PollRecord) -> int:
+        return await self._groups.record(poll)
+
+    async def _record_group(self, group: Sequence[PollRecord]) -> list[int]:
         call = self._tx if self.insist_on_sync else self._read  # one statement: its own transaction
-        return await call("recording a poll", polls.record, poll, self.insist_on_sync)
+        return await call("recording polls", polls.record, group, self.insist_on_sync)
 
     async def prune(self, serial: str, horizon_us: int, ledger_before: float | None = None) -> int:
         return await self._tx("pruning seen leads", polls.prune, serial, horizon_us, ledger_before)

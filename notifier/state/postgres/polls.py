@@ -9,6 +9,7 @@ it over arrays (`unnest`)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -60,51 +61,74 @@ async def known(conn: Conn, serial: str, since_us: int | None) -> tuple[int | No
     return coverage, seen
 
 
-# A poll's findings in one statement, so in one round trip and (autocommitted) one transaction:
-# the chatbot's coverage, the leads (only what is new is inserted), a digest batch id when one is
-# wanted, each planned delivery joined to its lead — new ones by what the insert returned, earlier
-# ones as the statement's snapshot shows them — and the ledger line of each held delivery queued.
+# The findings of one or more polls (of different chatbots) in one statement, so in one round trip
+# and (autocommitted) one transaction: each chatbot's coverage, the leads (only what is new is
+# inserted), a digest batch id per poll that wants one, each planned delivery joined to its lead —
+# new ones by what the insert returned, earlier ones as the statement's snapshot shows them — and
+# the ledger line of each held delivery queued. Returns (serial, deliveries queued) per chatbot.
 _RECORD = (
-    "WITH chatbot AS (INSERT INTO chatbots (serial, name, covered_from_us, first_seen_us) "
-    "VALUES (%(serial)s, %(chatbot)s, %(covered)s, %(now)s) ON CONFLICT (serial) DO UPDATE SET name = excluded.name, "
-    "covered_from_us = LEAST(chatbots.covered_from_us, excluded.covered_from_us) RETURNING 1), "
+    "WITH polls AS (SELECT * FROM unnest(%(serials)s::text[], %(names)s::text[], %(covered)s::bigint[], "
+    "%(nows)s::bigint[], %(reasons)s::text[], %(wants)s::boolean[]) "
+    "WITH ORDINALITY AS q(serial, name, covered, now, reason, want, p)), "
+    "chatbot AS (INSERT INTO chatbots (serial, name, covered_from_us, first_seen_us) "
+    "SELECT serial, name, covered, now FROM polls ORDER BY p ON CONFLICT (serial) DO UPDATE "
+    "SET name = excluded.name, covered_from_us = LEAST(chatbots.covered_from_us, excluded.covered_from_us) "
+    "RETURNING 1), "
     "new AS (INSERT INTO leads (serial, session_id, created_us, chatbot, type, raw, detected_at_us, notified) "
-    "SELECT %(serial)s, s, c, %(chatbot)s, t, r, %(now)s, n "
-    "FROM unnest(%(sessions)s::bigint[], %(created)s::bigint[], %(types)s::text[], %(raws)s::text[], "
-    "%(notified)s::boolean[]) WITH ORDINALITY AS x(s, c, t, r, n, ord) "
-    "ORDER BY ord ON CONFLICT DO NOTHING RETURNING id, session_id, created_us), "  # the first of a key wins
-    "batch AS (SELECT CASE WHEN %(want_batch)s THEN nextval('outbox_batches') END AS id), "  # schema.BATCHES
-    "planned AS (SELECT * FROM unnest(%(psessions)s::bigint[], %(pcreated)s::bigint[], %(sinks)s::text[], "
-    "%(states)s::text[], %(batched)s::boolean[]) WITH ORDINALITY AS d(s, c, sink, state, batched, ord)), "
-    "ids AS (SELECT id, session_id, created_us FROM new UNION ALL SELECT l.id, l.session_id, l.created_us "
-    "FROM leads l WHERE l.serial = %(serial)s AND (l.session_id, l.created_us) IN (SELECT s, c FROM planned)), "
+    "SELECT q.serial, x.s, x.c, q.name, x.t, x.r, q.now, x.n "
+    "FROM unnest(%(lead_polls)s::bigint[], %(sessions)s::bigint[], %(created)s::bigint[], %(types)s::text[], "
+    "%(raws)s::text[], %(notified)s::boolean[]) WITH ORDINALITY AS x(lp, s, c, t, r, n, ord) "
+    "JOIN polls q ON q.p = x.lp "
+    "ORDER BY x.ord ON CONFLICT DO NOTHING RETURNING id, serial, session_id, created_us), "  # the first of a key wins
+    "batch AS (SELECT p, nextval('outbox_batches') AS id FROM polls WHERE want), "  # schema.BATCHES
+    "planned AS (SELECT d.*, q.serial, q.now FROM unnest(%(delivery_polls)s::bigint[], %(psessions)s::bigint[], "
+    "%(pcreated)s::bigint[], %(sinks)s::text[], %(states)s::text[], %(batched)s::boolean[]) "
+    "WITH ORDINALITY AS d(dp, s, c, sink, state, batched, ord) JOIN polls q ON q.p = d.dp), "
+    "ids AS (SELECT id, serial, session_id, created_us FROM new UNION ALL "
+    "SELECT l.id, l.serial, l.session_id, l.created_us FROM leads l "
+    "WHERE (l.serial, l.session_id, l.created_us) IN (SELECT serial, s, c FROM planned)), "
     "queued AS (INSERT INTO outbox (lead_id, sink, state, next_at_us, batch, created_at_us, updated_at_us) "
-    "SELECT i.id, d.sink, d.state, %(now)s, CASE WHEN d.batched THEN (SELECT id FROM batch) END, %(now)s, %(now)s "
-    "FROM planned d JOIN ids i ON i.session_id = d.s AND i.created_us = d.c ORDER BY d.ord "
+    "SELECT i.id, d.sink, d.state, d.now, CASE WHEN d.batched THEN b.id END, d.now, d.now "
+    "FROM planned d JOIN ids i ON i.serial = d.serial AND i.session_id = d.s AND i.created_us = d.c "
+    "LEFT JOIN batch b ON b.p = d.dp ORDER BY d.ord "
     "ON CONFLICT (lead_id, sink) DO NOTHING RETURNING lead_id, sink, state), "
+    "queued_of AS (SELECT q.lead_id, q.sink, q.state, i.serial FROM queued q JOIN ids i ON i.id = q.lead_id), "
     "held AS (INSERT INTO attempts (lead_id, sink, at_us, attempt, outcome, detail) "
-    "SELECT lead_id, sink, %(now)s, 0, 'held', %(reason)s FROM queued WHERE state = 'held') "
-    "SELECT count(*) FROM queued")
+    "SELECT o.lead_id, o.sink, q.now, 0, 'held', q.reason FROM queued_of o JOIN polls q ON q.serial = o.serial "
+    "WHERE o.state = 'held') "
+    "SELECT serial, count(*) FROM queued_of GROUP BY serial")
 
 
-def record_values(poll: PollRecord) -> dict[str, Any]:
-    notify, batches, held = poll.notify, poll.batches, poll.held
-    flagged = [(lead, True) for lead, _ in notify] + [(lead, False) for lead in poll.silent]
-    planned = [(lead, sink) for lead, sinks in notify for sink in sinks]
-    return {
-        "serial": poll.serial, "chatbot": poll.chatbot, "covered": poll.covered_from_us,
-        "now": moment_us(poll.detected_at), "reason": cut(poll.held_reason, 500),
-        "sessions": [lead.key.session_id for lead, _ in flagged],
-        "created": [lead.key.created_us for lead, _ in flagged],
-        "types": [lead.type for lead, _ in flagged],
-        "raws": [_RAW_JSON(lead.raw) for lead, _ in flagged],
-        "notified": [notified for _, notified in flagged],
-        "want_batch": bool(batches) and bool(planned),
-        "psessions": [lead.key.session_id for lead, _ in planned],
-        "pcreated": [lead.key.created_us for lead, _ in planned],
-        "sinks": [sink for _, sink in planned],
-        "states": ["held" if sink in held else "pending" for _, sink in planned],
-        "batched": [sink in batches for _, sink in planned]}
+def record_values(group: Sequence[PollRecord]) -> dict[str, Any]:
+    """The statement's arrays for polls of different chatbots: each lead and delivery names its
+    poll by position (1-based, as WITH ORDINALITY counts)."""
+    values: dict[str, list[Any]] = {key: [] for key in (
+        "serials", "names", "covered", "nows", "reasons", "wants", "lead_polls", "sessions", "created", "types",
+        "raws", "notified", "delivery_polls", "psessions", "pcreated", "sinks", "states", "batched")}
+    for number, poll in enumerate(group, 1):
+        planned = [(lead, sink) for lead, sinks in poll.notify for sink in sinks]
+        flagged = [(lead, True) for lead, _ in poll.notify] + [(lead, False) for lead in poll.silent]
+        values["serials"].append(poll.serial)
+        values["names"].append(poll.chatbot)
+        values["covered"].append(poll.covered_from_us)
+        values["nows"].append(moment_us(poll.detected_at))
+        values["reasons"].append(cut(poll.held_reason, 500))
+        values["wants"].append(bool(poll.batches) and bool(planned))
+        for lead, notified in flagged:
+            values["lead_polls"].append(number)
+            values["sessions"].append(lead.key.session_id)
+            values["created"].append(lead.key.created_us)
+            values["types"].append(lead.type)
+            values["raws"].append(_RAW_JSON(lead.raw))
+            values["notified"].append(notified)
+        for lead, sink in planned:
+            values["delivery_polls"].append(number)
+            values["psessions"].append(lead.key.session_id)
+            values["pcreated"].append(lead.key.created_us)
+            values["sinks"].append(sink)
+            values["states"].append("held" if sink in poll.held else "pending")
+            values["batched"].append(sink in poll.batches)
+    return values
 
 
 async def prune(conn: Conn, serial: str, horizon_us: int, ledger_before: float | None) -> int:
@@ -136,16 +160,17 @@ async def forget(conn: Conn, serial: str, dry_run: bool) -> int:
     return cursor.rowcount
 
 
-async def record(conn: Conn, poll: PollRecord, insist_on_sync: bool) -> int:
-    """A poll's records (the number of deliveries queued: those not there already), durable when
-    committed even if the server is set to commit asynchronously (`insist_on_sync`: it said so at
-    open, and then this runs in a transaction of its own; otherwise the statement is its own): a
-    lead that later leaves the API's window must never vanish."""
+async def record(conn: Conn, group: Sequence[PollRecord], insist_on_sync: bool) -> list[int]:
+    """The records of polls of different chatbots (per poll, the number of deliveries queued:
+    those not there already), durable when committed even if the server is set to commit
+    asynchronously (`insist_on_sync`: it said so at open, and then this runs in a transaction of
+    its own; otherwise the statement is its own): a lead that later leaves the API's window must
+    never vanish."""
     if insist_on_sync:
         await conn.execute("SET LOCAL synchronous_commit = on")
-    cursor = await conn.execute(_RECORD, record_values(poll))
-    row = await cursor.fetchone()
-    return 0 if row is None else int(row[0])
+    cursor = await conn.execute(_RECORD, record_values(group))
+    queued = {serial: int(count) for serial, count in await cursor.fetchall()}
+    return [queued.get(poll.serial, 0) for poll in group]
 
 
 async def forget_announced(conn: Conn, serial: str, dry_run: bool) -> int:
