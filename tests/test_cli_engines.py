@@ -19,12 +19,12 @@ import pytest
 from aiohttp import web
 
 from notifier.config import load_config
-from notifier.simulator import Simulator, start_simulator
+from notifier.simulator import Simulator
 from notifier.state import LeadQuery, LeadRecord, open_state
 
-from .conftest import API_KEY, SERIAL_A, SERIAL_B, serve, write_config
+from .conftest import SERIAL_A, SERIAL_B, serve, write_config
 from .state.pg import database_url
-from .test_cli_support import ANSWERS, Background, Hook, Ran, config_text, in_process_fixture, run
+from .test_cli_support import ANSWERS, Background, Hook, Ran, config_text, in_process_fixture, run, simulated_api
 
 __all__ = ["in_process_fixture"]
 
@@ -87,10 +87,7 @@ def site_fixture(state_toml: str, tmp_path: Path) -> Iterator[Site]:
     body, where = with_password(state_toml)
     background = Background()
     try:
-        sim = Simulator(api_keys={API_KEY})
-        sim.add_chatbot(SERIAL_A)
-        sim.add_chatbot(SERIAL_B)
-        sim_runner, api = background.run(start_simulator(sim))
+        sim, sim_runner, api = simulated_api(background)
         hook = Hook()
         hook_runner, hook.url = background.run(serve(hook.handle))
         try:
@@ -255,10 +252,7 @@ def test_a_busy_once_records_every_outcome_once_with_its_ledger_line(state_toml:
     retry; one attempt) with exactly one ledger line, and none stays claimed."""
     background = Background()
     try:
-        sim = Simulator(api_keys={API_KEY})
-        sim.add_chatbot(SERIAL_A)
-        sim.add_chatbot(SERIAL_B)
-        sim_runner, api = background.run(start_simulator(sim))
+        sim, sim_runner, api = simulated_api(background)
 
         async def answer(request: web.Request) -> web.Response:
             number = int((await request.json())["data"]["lead"]["Name"].split()[-1])

@@ -89,6 +89,16 @@ class World:
     leads: dict[str, dict[str, Any]]  # by name: the records the simulator served
 
 
+def simulated_api(background: Background) -> tuple[Simulator, web.AppRunner, str]:
+    """The LeadList simulator with alpha and beta, served on the background loop: (simulator,
+    its runner, its URL)."""
+    sim = Simulator(api_keys={API_KEY})
+    sim.add_chatbot(SERIAL_A)
+    sim.add_chatbot(SERIAL_B)
+    runner, api = background.run(start_simulator(sim))
+    return sim, runner, api
+
+
 def config_text(api: str, hook: str, state: Path, *, extra: str = "") -> str:
     return (f'[api]\nbase_url = "{api}"\napi_key = "{API_KEY}"\ntimeout = 5\nrequests_per_second = 200\n\n'
             f'[state]\npath = "{state}"\n\n[poll]\nfirst_run = "notify"\n\n'
@@ -105,10 +115,7 @@ def world_for(tmp: Path) -> Iterator[World]:
     (410), one pending there (503, retried ten minutes later); beta has none."""
     background = Background()
     try:
-        sim = Simulator(api_keys={API_KEY})
-        sim.add_chatbot(SERIAL_A)
-        sim.add_chatbot(SERIAL_B)
-        sim_runner, api = background.run(start_simulator(sim))
+        sim, sim_runner, api = simulated_api(background)
         hook = Hook()
         hook_runner, hook.url = background.run(serve(hook.handle))
         try:

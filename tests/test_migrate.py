@@ -22,11 +22,11 @@ from aiohttp import web
 
 from notifier.config import load_config
 from notifier.service import Service
-from notifier.simulator import Simulator, start_simulator
+from notifier.simulator import Simulator
 
 from .conftest import API_KEY, SERIAL_A, SERIAL_B, baselined, serve, until
 from .state.pg import database_url, fresh_database
-from .test_cli_support import ANSWERS, Background, Ran, in_process_fixture, run
+from .test_cli_support import ANSWERS, Background, Ran, in_process_fixture, run, simulated_api
 
 __all__ = ["in_process_fixture"]
 
@@ -108,10 +108,7 @@ def site_fixture(tmp_path: Path) -> Iterator[Installation]:
     held for `screen` (a flood of three); beta's Olga baselined."""
     background = Background()
     try:
-        sim = Simulator(api_keys={API_KEY})
-        sim.add_chatbot(SERIAL_A)
-        sim.add_chatbot(SERIAL_B)
-        sim_runner, api = background.run(start_simulator(sim))
+        sim, sim_runner, api = simulated_api(background)
         consumer = Consumer()
         hook_runner, consumer.url = background.run(serve(consumer.handle))
         try:

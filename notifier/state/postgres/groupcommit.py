@@ -19,6 +19,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
 from ...exceptions import StateError, StateUnavailable
+from ..grouping import resolve
 from ..records import PollRecord
 
 Write = Callable[[Sequence[PollRecord]], Awaitable[list[int]]]
@@ -48,7 +49,7 @@ class PollGroups:
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
         for _, future in self._waiting:
-            _resolve(future, StateUnavailable("the state was closed before this poll was recorded"))
+            resolve(future, StateUnavailable("the state was closed before this poll was recorded"))
         self._waiting = []
 
     async def _write_all(self) -> None:
@@ -65,7 +66,7 @@ class PollGroups:
                 await self._write_group(group)
             except BaseException as exc:  # cancelled (closing), or a bug: no poll of it waits forever
                 for _, future in group:
-                    _resolve(future, exc if isinstance(exc, Exception) else StateUnavailable("closed"))
+                    resolve(future, exc if isinstance(exc, Exception) else StateUnavailable("closed"))
                 raise
 
     async def _write_group(self, group: list[tuple[PollRecord, asyncio.Future[int]]]) -> None:
@@ -74,26 +75,17 @@ class PollGroups:
         except StateError as exc:
             if len(group) == 1 or isinstance(exc, StateUnavailable):
                 for _, future in group:
-                    _resolve(future, exc)
+                    resolve(future, exc)
                 return
             for poll, future in group:  # a value one poll brought: each on its own, the others get through
                 try:
-                    _resolve(future, (await self._write([poll]))[0])
+                    resolve(future, (await self._write([poll]))[0])
                     self.groups += 1
                     self.polls += 1
                 except StateError as own:
-                    _resolve(future, own)
+                    resolve(future, own)
             return
         self.groups += 1
         self.polls += len(group)
         for (_, future), count in zip(group, counts, strict=True):
-            _resolve(future, count)
-
-
-def _resolve(future: asyncio.Future[int], result: int | BaseException) -> None:
-    if future.done():  # a poll cancelled meanwhile: its records are committed all the same
-        return
-    if isinstance(result, BaseException):
-        future.set_exception(result)
-    else:
-        future.set_result(result)
+            resolve(future, count)

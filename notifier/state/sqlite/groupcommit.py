@@ -18,6 +18,7 @@ import asyncio
 from collections.abc import Sequence
 
 from ...exceptions import StateError, StateUnavailable
+from ..grouping import resolve
 from ..records import PollRecord
 from .file import StateFile
 from .polls import write_poll
@@ -48,7 +49,7 @@ class Recorder:
             self._commit_group(group)
         except BaseException as exc:  # a bug, not the state's trouble: each poll fails with it, none hangs
             for _, future in group:
-                _resolve(future, exc)
+                resolve(future, exc)
             if not isinstance(exc, Exception):
                 raise
 
@@ -58,31 +59,22 @@ class Recorder:
         except StateError as exc:
             if len(group) == 1 or isinstance(exc, StateUnavailable):  # locked or full: it would fail for each
                 for _, future in group:
-                    _resolve(future, exc)
+                    resolve(future, exc)
                 return
             for poll, future in group:  # a value one poll brought: each on its own, the others get through
                 try:
-                    _resolve(future, self.record_polls([poll])[0])
+                    resolve(future, self.record_polls([poll])[0])
                     self.commits += 1
                     self.polls += 1
                 except StateError as own:
-                    _resolve(future, own)
+                    resolve(future, own)
             return
         self.commits += 1
         self.polls += len(group)
         for (_, future), count in zip(group, counts, strict=True):
-            _resolve(future, count)
+            resolve(future, count)
 
     def record_polls(self, polls: Sequence[PollRecord]) -> list[int]:
         """Several polls in one transaction, durable when any found something to notify."""
         with self.file.transaction(durable=any(poll.notify for poll in polls)) as db:
             return [write_poll(db, poll) for poll in polls]
-
-
-def _resolve(future: asyncio.Future[int], result: int | BaseException) -> None:
-    if future.done():  # a poll cancelled meanwhile: its records are committed all the same
-        return
-    if isinstance(result, BaseException):
-        future.set_exception(result)
-    else:
-        future.set_result(result)
