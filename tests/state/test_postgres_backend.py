@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,6 +18,7 @@ import pytest
 from notifier.exceptions import StateError, StateUnavailable
 from notifier.state import PollRecord, SinkCounts
 from notifier.state.postgres import PostgresState
+from notifier.state.postgres.processes import PROCESS_TABLE
 from notifier.state.postgres.schema import MARKER, SCHEMA_VERSION
 
 from ..conftest import until
@@ -294,3 +295,75 @@ async def test_polls_finishing_together_share_a_statement_and_never_fail_each_ot
     assert results[0] == 1
     assert isinstance(results[1], StateError) and not isinstance(results[1], StateUnavailable)
     assert "bot-good" in await state.chatbots() and "bot-bad" not in await state.chatbots()
+
+
+async def test_a_process_judged_by_its_pid_only_in_our_own_table_of_processes(
+        url: str, opened: list[PostgresState]) -> None:
+    """The second review's finding: two containers may share a hostname and not their processes;
+    a live daemon whose pid is missing *here* was taken for dead and its deliveries sent twice."""
+    other = await PostgresState.open(url, "daemon")
+    opened.append(other)
+    now = wall()
+    await other.record_poll(poll(now, [(lead(1), ("crm",))]))
+    assert len(flat(await other.claim(now, {"crm": 1}, lease=LEASE))) == 1
+    await run_sql(url, "UPDATE instances SET pid = 2147483646, processes = 'another-container' WHERE id = %s",
+                  (other.instance,))
+    me = await PostgresState.open(url, "daemon")
+    opened.append(me)
+    assert await me.release_claims(now) == 0  # its heartbeat is fresh: alive, wherever its pid is
+    await run_sql(url, "UPDATE instances SET processes = %s WHERE id = %s", (PROCESS_TABLE, other.instance))
+    assert await me.release_claims(now) == 1  # in our own table, a missing pid is a dead process
+
+
+async def test_a_lead_another_process_records_meanwhile_still_gets_our_deliveries(
+        url: str, opened: list[PostgresState]) -> None:
+    """The second review's finding: one statement sees one snapshot, so a lead another process
+    committed while ours waited on its key was invisible and our deliveries for it were lost."""
+    state = await PostgresState.open(url, "daemon")
+    opened.append(state)
+    now = wall()
+    first = lead(1)
+    async with await psycopg.AsyncConnection.connect(direct_url(url)) as other:
+        await other.execute(
+            "INSERT INTO leads (serial, session_id, created_us, chatbot, type, raw, detected_at_us, notified) "
+            "VALUES (%s, %s, %s, 'Bot A', 'Lead', '{}', 0, true)",
+            (first.key.serial_number, first.key.session_id, first.key.created_us))  # uncommitted: ours waits
+        recording = asyncio.ensure_future(state.record_poll(poll(now, [(first, ("crm", "slack"))])))
+        async def waiting_on_the_key() -> bool:
+            rows = await run_sql(url, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                      "AND wait_event_type = 'Lock'")
+            return bool(rows[0][0])
+
+        await until(waiting_on_the_key, what="our statement waiting on the other's key")
+        assert not recording.done()
+        await other.commit()
+    assert await recording == 2
+    assert sorted(d.sink for d in flat(await state.claim(now, {"crm": 5, "slack": 5}, lease=LEASE))) == ["crm", "slack"]
+
+
+async def test_a_group_is_bounded_and_a_bug_in_it_strands_no_poll(url: str, opened: list[PostgresState]) -> None:
+    state = await PostgresState.open(url, "daemon")
+    opened.append(state)
+    now = wall()
+    big = [poll(now, [(lead(i, serial=f"big-{n}"), ("crm",)) for i in range(2_000)], serial=f"big-{n}")
+           for n in range(4)]  # 4,000 rows each: at most one per statement
+    assert await asyncio.gather(*(state.record_poll(p) for p in big)) == [2_000] * 4
+    assert state._groups.groups == 4
+    groups = state._groups
+    real = groups._write
+    calls = 0
+
+    async def broken_once(group: Sequence[PollRecord]) -> list[int]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise TypeError("a bug")
+        return await real(group)
+
+    groups._write = broken_once
+    first, second = poll(now, [(lead(1, serial="a"), ("crm",))], serial="a"), \
+        poll(now, [(lead(1, serial="b"), ("crm",))], serial="b")
+    results = await asyncio.gather(state.record_poll(first), state.record_poll(second), return_exceptions=True)
+    assert all(isinstance(r, TypeError) for r in results)  # failed, not waiting forever
+    assert await state.record_poll(second) == 1  # the next poll is written
+    await state.close()  # and closing raises nothing

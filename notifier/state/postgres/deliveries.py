@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ from ...leads import lead_from_stored
 from ...types import Delivery, LeadKey
 from ..records import Outcome
 from ..times import cut, moment, seconds, us
+from .processes import PROCESS_TABLE
 
 Conn = AsyncConnection[Any]
 LIVE = 30.0  # seconds: an instance whose last heartbeat is older is gone, and its claims are due again
@@ -151,13 +151,15 @@ async def ledger(conn: Conn, rows: Sequence[tuple[int, float, str, str | None, s
 
 
 async def release_claims(conn: Conn, now_us: int, instance: str) -> int:
-    """Claims of instances that are gone (no heartbeat for LIVE seconds, stopped, or — on this
-    host — whose process no longer exists: a daemon restarted at once after a kill -9 does not wait
-    out the lease) are due now; never this process's own, nor a live instance's. Instances gone
-    for FORGOTTEN go."""
-    cursor = await conn.execute("SELECT id, pid FROM instances WHERE host = %s AND id <> %s AND stopped_us IS NULL",
-                                (socket.gethostname(), instance))
-    dead = [other for other, pid in await cursor.fetchall() if not _running(int(pid))]
+    """Claims of instances that are gone (no heartbeat for LIVE seconds, stopped, or — in our own
+    table of processes: this boot, this pid namespace — whose process no longer exists, so a
+    daemon restarted at once after a kill -9 does not wait out the lease) are due now; never this
+    process's own, nor a live instance's. Instances gone for FORGOTTEN go."""
+    dead: list[str] = []
+    if PROCESS_TABLE:
+        cursor = await conn.execute("SELECT id, pid FROM instances WHERE processes = %s AND id <> %s "
+                                    "AND stopped_us IS NULL", (PROCESS_TABLE, instance))
+        dead = [other for other, pid in await cursor.fetchall() if not _running(int(pid))]
     if dead:
         await conn.execute("UPDATE instances SET stopped_us = %s WHERE id = ANY(%s::text[])", (now_us, dead))
     cursor = await conn.execute(

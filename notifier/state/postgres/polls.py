@@ -14,6 +14,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from ...types import Lead, LeadKey
 from ..records import PollRecord
 from ..times import INFINITY_US, cut, moment_us, us
 from .listener import announce
@@ -63,9 +64,11 @@ async def known(conn: Conn, serial: str, since_us: int | None) -> tuple[int | No
 
 # The findings of one or more polls (of different chatbots) in one statement, so in one round trip
 # and (autocommitted) one transaction: each chatbot's coverage, the leads (only what is new is
-# inserted), a digest batch id per poll that wants one, each planned delivery joined to its lead —
-# new ones by what the insert returned, earlier ones as the statement's snapshot shows them — and
-# the ledger line of each held delivery queued. Returns (serial, deliveries queued) per chatbot.
+# inserted: a key already there keeps its row, which the insert returns all the same — also one
+# another process committed while this statement waited for it, which the statement's snapshot
+# would not show), a digest batch id per poll that wants one, each planned delivery joined to its
+# lead, and the ledger line of each held delivery queued. Returns (serial, deliveries queued) per
+# chatbot.
 _RECORD = (
     "WITH polls AS (SELECT * FROM unnest(%(serials)s::text[], %(names)s::text[], %(covered)s::bigint[], "
     "%(nows)s::bigint[], %(reasons)s::text[], %(wants)s::boolean[]) "
@@ -79,14 +82,13 @@ _RECORD = (
     "FROM unnest(%(lead_polls)s::bigint[], %(sessions)s::bigint[], %(created)s::bigint[], %(types)s::text[], "
     "%(raws)s::text[], %(notified)s::boolean[]) WITH ORDINALITY AS x(lp, s, c, t, r, n, ord) "
     "JOIN polls q ON q.p = x.lp "
-    "ORDER BY x.ord ON CONFLICT DO NOTHING RETURNING id, serial, session_id, created_us), "  # the first of a key wins
+    "ORDER BY x.ord ON CONFLICT (serial, session_id, created_us) DO UPDATE SET serial = excluded.serial "
+    "RETURNING id, serial, session_id, created_us), "  # a row already there is left as it was, and returned
     "batch AS (SELECT p, nextval('outbox_batches') AS id FROM polls WHERE want), "  # schema.BATCHES
     "planned AS (SELECT d.*, q.serial, q.now FROM unnest(%(delivery_polls)s::bigint[], %(psessions)s::bigint[], "
     "%(pcreated)s::bigint[], %(sinks)s::text[], %(states)s::text[], %(batched)s::boolean[]) "
     "WITH ORDINALITY AS d(dp, s, c, sink, state, batched, ord) JOIN polls q ON q.p = d.dp), "
-    "ids AS (SELECT id, serial, session_id, created_us FROM new UNION ALL "
-    "SELECT l.id, l.serial, l.session_id, l.created_us FROM leads l "
-    "WHERE (l.serial, l.session_id, l.created_us) IN (SELECT serial, s, c FROM planned)), "
+    "ids AS (SELECT id, serial, session_id, created_us FROM new), "  # every planned lead is one of them
     "queued AS (INSERT INTO outbox (lead_id, sink, state, next_at_us, batch, created_at_us, updated_at_us) "
     "SELECT i.id, d.sink, d.state, d.now, CASE WHEN d.batched THEN b.id END, d.now, d.now "
     "FROM planned d JOIN ids i ON i.serial = d.serial AND i.session_id = d.s AND i.created_us = d.c "
@@ -107,7 +109,10 @@ def record_values(group: Sequence[PollRecord]) -> dict[str, Any]:
         "raws", "notified", "delivery_polls", "psessions", "pcreated", "sinks", "states", "batched")}
     for number, poll in enumerate(group, 1):
         planned = [(lead, sink) for lead, sinks in poll.notify for sink in sinks]
-        flagged = [(lead, True) for lead, _ in poll.notify] + [(lead, False) for lead in poll.silent]
+        firsts: dict[LeadKey, tuple[Lead, bool]] = {}  # the first of a key wins, in the order found
+        for lead, notified in [(lead, True) for lead, _ in poll.notify] + [(lead, False) for lead in poll.silent]:
+            firsts.setdefault(lead.key, (lead, notified))
+        flagged = list(firsts.values())
         values["serials"].append(poll.serial)
         values["names"].append(poll.chatbot)
         values["covered"].append(poll.covered_from_us)

@@ -20,30 +20,32 @@ from ..._version import __version__
 from ..records import Instance
 from ..times import seconds, us
 from .deliveries import LIVE
+from .processes import PROCESS_TABLE
 
 Conn = AsyncConnection[Any]
 
 
 async def register(conn: Conn, instance: str, now: float) -> None:
     await conn.execute(
-        "INSERT INTO instances (id, host, pid, version, started_us, heartbeat_us) VALUES (%s, %s, %s, %s, %s, %s) "
-        "ON CONFLICT (id) DO NOTHING", (instance, socket.gethostname(), os.getpid(), __version__, us(now), us(now)))
+        "INSERT INTO instances (id, host, pid, version, started_us, heartbeat_us, processes) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+        (instance, socket.gethostname(), os.getpid(), __version__, us(now), us(now), PROCESS_TABLE))
 
 
 async def heartbeat(conn: Conn, instance: str, now: float, status: Mapping[str, Any]) -> None:
     await conn.execute(
-        "INSERT INTO instances (id, host, pid, version, started_us, heartbeat_us, status) "
-        "VALUES (%(id)s, %(host)s, %(pid)s, %(version)s, %(now)s, %(now)s, %(status)s) "
+        "INSERT INTO instances (id, host, pid, version, started_us, heartbeat_us, status, processes) "
+        "VALUES (%(id)s, %(host)s, %(pid)s, %(version)s, %(now)s, %(now)s, %(status)s, %(processes)s) "
         "ON CONFLICT (id) DO UPDATE SET heartbeat_us = excluded.heartbeat_us, status = excluded.status, "
         "stopped_us = NULL",
         {"id": instance, "host": socket.gethostname(), "pid": os.getpid(), "version": __version__, "now": us(now),
-         "status": json.dumps(dict(status), default=str)})
+         "status": json.dumps(dict(status), default=str), "processes": PROCESS_TABLE})
 
 
 async def keep_alive(conn: Conn, instance: str, now: float) -> None:
     """A sender's heartbeat without a status: it sends, so its claims are not to be released."""
-    await conn.execute("UPDATE instances SET heartbeat_us = GREATEST(heartbeat_us, %s) WHERE id = %s",
-                       (us(now), instance))
+    await conn.execute("UPDATE instances SET heartbeat_us = GREATEST(heartbeat_us, %s), stopped_us = NULL "
+                       "WHERE id = %s", (us(now), instance))
 
 
 async def unregister(conn: Conn, instance: str, now: float) -> None:

@@ -84,7 +84,8 @@ _CREATE = (
         started_us bigint NOT NULL,
         heartbeat_us bigint NOT NULL,
         stopped_us bigint,
-        status text
+        status text,
+        processes text NOT NULL DEFAULT ''
     )""",
     f"CREATE TABLE {CHANGES} (id integer PRIMARY KEY CHECK (id = 1), n bigint NOT NULL)",
     f"INSERT INTO {CHANGES} VALUES (1, 0)",  # noqa: S608 - a constant

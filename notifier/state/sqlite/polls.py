@@ -54,12 +54,13 @@ def write_poll(db: sqlite3.Connection, poll: PollRecord) -> int:
         "INSERT OR IGNORE INTO outbox (lead_id, sink, state, next_at_us, batch, created_at_us, updated_at_us) "
         "SELECT id, ?7, ?3, ?2, ?1, ?2, ?2 FROM leads "
         "WHERE serial = ?4 AND session_id = ?5 AND created_us = ?6", deliveries).rowcount
-    if held:  # the ledger says why these wait
+    if held:  # the ledger says why these wait: one line per delivery this poll queued held
         db.executemany(
             "INSERT INTO attempts (lead_id, sink, at_us, attempt, outcome, detail) "
-            "SELECT id, ?4, ?5, 0, 'held', ?6 FROM leads "
-            "WHERE serial = ?1 AND session_id = ?2 AND created_us = ?3",
-            [(*d[3:7], now, cut(poll.held_reason, 500)) for d in deliveries if d[2] == "held"])
+            "SELECT id, ?4, ?5, 0, 'held', ?6 FROM leads WHERE serial = ?1 AND session_id = ?2 AND created_us = ?3 "
+            "AND EXISTS (SELECT 1 FROM outbox o WHERE o.lead_id = leads.id AND o.sink = ?4 AND o.state = 'held' "
+            "AND o.created_at_us = ?5)",
+            list(dict.fromkeys((*d[3:7], now, cut(poll.held_reason, 500)) for d in deliveries if d[2] == "held")))
     return queued
 
 
