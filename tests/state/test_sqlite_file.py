@@ -6,6 +6,7 @@ What every engine does alike (claim, settle, prune, operator verbs) is the contr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import sqlite3
@@ -13,14 +14,16 @@ import stat
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from notifier.exceptions import StateError
+from notifier.exceptions import StateError, StateMissing
 from notifier.leads import parse_records
 from notifier.state import LeadQuery, Outcome, PollRecord
 from notifier.state.sqlite import SQLiteState
 from notifier.state.sqlite.deliveries import _ANY_DUE, _DUE
+from notifier.state.sqlite.schema import SCHEMA_VERSION, migrate
 from notifier.state.times import us
 from notifier.types import Delivery, Lead, LeadKey
 
@@ -406,3 +409,39 @@ async def test_every_read_of_claim_and_next_due_uses_the_index(tmp_path: Path) -
     finally:
         db.set_trace_callback(None)
         await state.close()
+
+
+class _MigratedMeanwhile:
+    """A connection whose migration meets another process's: the other migrates the file between
+    our first look at its version and our write lock (a command started beside a first start)."""
+
+    def __init__(self, db: sqlite3.Connection, other: sqlite3.Connection) -> None:
+        self.db, self.other, self.raced = db, other, False
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "BEGIN IMMEDIATE" and not self.raced:
+            self.raced = True
+            migrate(self.other)
+        return self.db.execute(sql, *args)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.db.in_transaction
+
+
+def test_a_file_migrated_meanwhile_by_another_process_is_not_migrated_twice(tmp_path: Path) -> None:
+    """CI found it: "table chatbots already exists" when `status` opened the file the daemon was
+    creating at that moment; the version is now read again under the write lock."""
+    path = tmp_path / "state.db"
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as ours, \
+            contextlib.closing(sqlite3.connect(path, isolation_level=None)) as theirs:
+        migrate(_MigratedMeanwhile(ours, theirs))  # type: ignore[arg-type]
+        assert ours.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_a_reader_never_creates_the_schema_of_a_file_just_created(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    path.touch()  # the daemon's first instant: the file, nothing in it yet
+    with pytest.raises(StateMissing):
+        SQLiteState(path, "operator")
+    assert path.stat().st_size == 0

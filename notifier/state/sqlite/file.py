@@ -23,7 +23,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 import structlog
 
-from ...exceptions import StateError, StateUnavailable
+from ...exceptions import StateError, StateMissing, StateUnavailable
 from .schema import APPLICATION_ID, SCHEMA_VERSION, migrate, rollback
 
 log = structlog.get_logger("notifier.state")
@@ -76,6 +76,10 @@ class StateFile:
             raise StateError(f"cannot open state file {path}: {exc}") from None
         try:
             self._check(db)
+            if not create and not db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                # the daemon has only just created the file: nothing is in it yet, and creating the
+                # schema (or even its WAL header) is its job, not a reader's
+                raise StateMissing(f"state file {path} does not exist yet (`run` or `once` creates it)")
             db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             db.execute("PRAGMA foreign_keys = ON")
             if db.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":

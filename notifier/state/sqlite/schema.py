@@ -157,13 +157,17 @@ _STEPS: dict[int, Step] = {
 
 def migrate(db: sqlite3.Connection) -> None:
     """Create a new file, or upgrade an older one, in one transaction: a crash half-way leaves
-    the file as it was."""
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version == SCHEMA_VERSION:
+    the file as it was. The version is read again under the write lock: another process (a
+    command started beside the daemon's first start) may have just done it."""
+    if db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
         return
     db.execute("PRAGMA foreign_keys = OFF")  # tables are rebuilt; the data already satisfies them
     db.execute("BEGIN IMMEDIATE")
     try:  # statement by statement: executescript() would commit half-way
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            db.execute("COMMIT")
+            return
         steps: list[Step] = [_CREATE] if version == 0 else [_STEPS[n] for n in range(version, SCHEMA_VERSION)]
         for step in steps:
             if callable(step):
