@@ -37,15 +37,22 @@ async def status(config: Config, now: datetime) -> dict[str, Any]:
         counts = await store.sink_counts()
         known = await store.chatbots()
         instances = await store.instances(now.timestamp())
+        owners = await store.owners()
     finally:
         await store.close()
-    # the daemon that runs, or else the last one that ran: its own view of its last polls
+    # the daemon that runs, or else the last one that ran: its own view of its last polls; with
+    # several on one state, each speaks for the chatbots it polls (the latest word wins)
     daemon = max(instances, key=lambda i: (i.alive, i.heartbeat), default=None)
     live: dict[str, Any] = daemon.status if daemon is not None else {}
     pid = daemon.pid if daemon is not None and daemon.alive else None
+    views: dict[str, Any] = {}
+    speaking = sorted((i for i in instances if i.alive), key=lambda i: i.heartbeat) or ([daemon] if daemon else [])
+    for instance in speaking:
+        views.update(instance.status.get("chatbots") or {})
+    by_id = {i.id: f"{i.host} pid {i.pid}" for i in instances}
     chatbots = []
     for chatbot in config.chatbots:
-        info = live.get("chatbots", {}).get(chatbot.name, {})
+        info = views.get(chatbot.name, {})
         last_poll, success = _moment(info.get("last_poll")), _moment(info.get("last_success"))
         if info:  # the last run's own view, judged as /readyz judges it
             problem = verdict(failures=int(info.get("failures") or 0), last_error=info.get("last_error"),
@@ -57,18 +64,25 @@ async def status(config: Config, now: datetime) -> dict[str, Any]:
         chatbots.append({"name": chatbot.name, "serial_number": chatbot.serial_number,
                          "last_poll": last_poll and wording.iso(last_poll),
                          "last_success": success and wording.iso(success),
-                         "result": result, "new_today": today.get(chatbot.serial_number, 0)})
+                         "result": result, "new_today": today.get(chatbot.serial_number, 0)}
+                        | ({"owner": by_id.get(owners.get(chatbot.serial_number, ""), "none")} if owners else {}))
     sinks: list[dict[str, Any]] = []
     for name in [*config.sinks, *sorted(set(counts) - set(config.sinks))]:
         count = counts.get(name, SinkCounts())
         sinks.append({"name": name, "pending": count.pending, "held": count.held, "dead": count.dead}
                      | ({} if name in config.sinks else {"note": "not in the config"}))
     written = _moment(live.get("written"))
-    return {"now": wording.iso(now),
-            "daemon": {"running": pid is not None, "pid": pid, "status_written": written and wording.iso(written),
-                       "problems": live.get("problems", []) if pid is not None else []}
-            | ({"host": daemon.host} if daemon is not None and config.state_url is not None else {}),
-            "chatbots": chatbots, "sinks": sinks}
+    data: dict[str, Any] = {
+        "now": wording.iso(now),
+        "daemon": {"running": pid is not None, "pid": pid, "status_written": written and wording.iso(written),
+                   "problems": live.get("problems", []) if pid is not None else []}
+        | ({"host": daemon.host} if daemon is not None and config.state_url is not None else {}),
+        "chatbots": chatbots, "sinks": sinks}
+    if config.state_url is not None:  # every process that uses the database, and how many chatbots each polls
+        data["instances"] = [{"id": i.id, "host": i.host, "pid": i.pid, "version": i.version, "alive": i.alive,
+                              "heartbeat": wording.iso(i.heartbeat),
+                              "chatbots": sum(owner == i.id for owner in owners.values())} for i in instances]
+    return data
 
 
 def print_status_json(data: dict[str, Any], out: IO[str]) -> None:

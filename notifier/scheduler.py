@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .poller import ChatbotPoller
 
@@ -25,6 +25,7 @@ STARTUP_RATE = 100.0  # first polls a second, at least
 # Polls due within this much of each other start together: one wakeup of the loop serves them all,
 # which costs a third less CPU per poll than waking for each (bench/run.py, 2,000 chatbots at 2 s).
 TICK = 0.02
+NOT_OURS_RECHECK = 2.0  # seconds before a chatbot another instance owns is looked at again
 
 
 def first_due(index: int, count: int, interval: float) -> float:
@@ -47,9 +48,11 @@ def next_due(poller: ChatbotPoller, due: float, ok: bool, now: float) -> float:
 class PollScheduler:
     """Runs until cancelled; cancelling it cancels the polls in flight, which hold no state."""
 
-    def __init__(self, pollers: Sequence[ChatbotPoller], *, workers: int) -> None:
+    def __init__(self, pollers: Sequence[ChatbotPoller], *, workers: int,
+                 may_poll: Callable[[ChatbotPoller], bool] = lambda _: True) -> None:
         self.pollers = list(pollers)
         self.workers = workers
+        self.may_poll = may_poll  # several instances on one state: another may own the chatbot
         self._heap: list[tuple[float, int, ChatbotPoller]] = []
         self._seq = 0
         self._ready: asyncio.Queue[tuple[float, ChatbotPoller]] = asyncio.Queue()
@@ -97,6 +100,9 @@ class PollScheduler:
         loop = asyncio.get_running_loop()
         while True:
             due, poller = await self._ready.get()
+            if not self.may_poll(poller):  # another instance polls it: look again soon, it may come to us
+                self._push(loop.time() + min(poller.chatbot.interval, NOT_OURS_RECHECK), poller)
+                continue
             ok = await poller.poll_logged()  # never raises; cancelled, the chatbot goes with the scheduler
             self._push(next_due(poller, due, ok, loop.time()), poller)
 

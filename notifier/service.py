@@ -31,6 +31,7 @@ from .poller import ChatbotPoller
 from .scheduler import PollScheduler, poll_all
 from .sinks import SinkContext, create_sink
 from .state import State, open_state
+from .state.records import OWNERSHIP_HOLDS
 from .supervisor import Supervisor
 from .systemd import Notifier
 from .types import Clock, Sink
@@ -39,6 +40,7 @@ log = structlog.get_logger("notifier.service")
 HEARTBEAT_DEADLINE = 5.0  # seconds one heartbeat may take before it counts as a state problem
 LAST_WORDS = 1.0  # seconds the last heartbeat at exit may take (the status for `status`)
 CLOSING = 2.0  # seconds closing the state may take at exit: a database that hangs never holds the exit
+OWN_EVERY = 2.0  # seconds between renewals of which chatbots this instance polls (a shared state)
 HARD_DEADLINE = 5.0  # seconds past shutdown_grace after which whatever still runs is cancelled
 
 
@@ -78,6 +80,8 @@ class Service:
         self.clocks = ClockCheck()  # one verdict on the wall clock, shared by every poller
         self._stop = asyncio.Event()
         self.store: State | None = None
+        self.owned: frozenset[str] | None = None  # the chatbots this instance polls (None: every one)
+        self._owned_until = 0.0  # loop time until which `owned` may be relied on
         self._pending = 0  # deliveries pending at the last beat
         self._heartbeat_problem: str | None = None
         self.http: aiohttp.ClientSession | None = None  # the sinks'
@@ -182,7 +186,8 @@ class Service:
         if self.stopping:  # a reload that raced with stop() must not start polls again
             return
         pollers, workers = self.pollers, self.config.api.concurrency
-        self._polling = self.supervisor.start("polls", lambda: PollScheduler(pollers, workers=workers).run())
+        self._polling = self.supervisor.start(
+            "polls", lambda: PollScheduler(pollers, workers=workers, may_poll=self.may_poll).run())
 
     async def _stop_polling(self) -> None:
         """An in-flight poll holds no state (its one transaction is not awaited): cancelling loses nothing."""
@@ -218,7 +223,7 @@ class Service:
             assert self.dispatcher is not None
             if self.config.http is not None:
                 http = self.config.http
-                app = health_app(lambda: self.pollers, self.metrics, self.clock, self.problems)
+                app = health_app(self._answerable, self.metrics, self.clock, self.problems)
                 try:
                     self._health = await start_health(app, http.host, http.port)
                 except OSError as exc:  # the address is taken, or not this machine's
@@ -232,6 +237,9 @@ class Service:
                 log.warning("the polls cannot keep their intervals", problem=warning)
             self.notifier.send(ready="1", status=self.status_line(), mainpid=str(os.getpid()))
             settle_heap()
+            await self._own()
+            if self.owned is not None:  # several instances may share this state: who polls what
+                self.supervisor.start("ownership", self._keep_owning)
             self._start_polling()
             dispatcher = self.dispatcher
             self.supervisor.start("delivery", lambda: dispatcher.run(self._stop))
@@ -308,6 +316,44 @@ class Service:
         log.info("config reloaded", chatbots=len(self.pollers), sinks=sorted(new.sinks))
         return True
 
+    # -- who polls what ------------------------------------------------------------------
+    def may_poll(self, poller: ChatbotPoller) -> bool:
+        """Whether this instance polls the chatbot now: always on an engine of one instance; on a
+        shared state while it owns it, and not a moment past what its last renewal vouches for
+        (a cut-off instance stops before the others take over)."""
+        owned = self.owned
+        if owned is None:
+            return True
+        return poller.chatbot.serial_number in owned and asyncio.get_running_loop().time() < self._owned_until
+
+    def _answerable(self) -> list[ChatbotPoller]:
+        """The chatbots this instance answers for (readiness, status): those it polls; one it has
+        just taken over counts from its first poll on."""
+        if self.owned is None:
+            return self.pollers
+        return [p for p in self.pollers if self.may_poll(p) and p.status.polls]
+
+    async def _own(self) -> None:
+        """Renew (and rebalance) which chatbots this instance polls. A failure changes nothing:
+        what it owns lapses by itself, and the others take over."""
+        assert self.store is not None
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        try:
+            self.owned = await self.store.own([p.chatbot.serial_number for p in self.pollers],
+                                              self.clock().timestamp())
+        except StateError as exc:
+            log.debug("could not renew chatbot ownership", error=str(exc))
+            return
+        self._owned_until = asked + OWNERSHIP_HOLDS
+
+    async def _keep_owning(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), OWN_EVERY)
+            if not self._stop.is_set():
+                await self._own()
+
     # -- status -------------------------------------------------------------------------
     def status_line(self) -> str:
         polled = sum(1 for p in self.pollers if p.status.last_success is not None)
@@ -352,7 +398,7 @@ class Service:
         """What `status` shows of a running daemon: its problems and each chatbot's polls."""
         data: dict[str, Any] = {"written": self.clock().isoformat(),
                                 "problems": [scrub(p) for p in self.problems()], "chatbots": {}}
-        for poller in self.pollers:
+        for poller in self._answerable():
             s = poller.status
             data["chatbots"][poller.chatbot.name] = {
                 "serial_number": poller.chatbot.serial_number, "polls": s.polls, "failures": s.failures,

@@ -142,6 +142,13 @@ class State(Protocol):
         """This daemon is alive; `status` is its own view for `status` to show. Returns
         `problem` (checked anew)."""
 
+    async def own(self, serials: Collection[str], now: float) -> frozenset[str] | None:
+        """Which of these chatbots this instance polls now, renewing its leases on them (called
+        every few seconds); None: all of them (an engine that has one instance at a time)."""
+
+    async def owners(self) -> dict[str, str]:
+        """serial -> the id of the instance polling it now (empty: one instance polls them all)."""
+
     async def instances(self, now: float) -> list[Instance]:
         """The daemons alive now (SQLite: at most one), and those that stopped recently (their
         last heartbeat; `alive` False), most recent heartbeat first."""

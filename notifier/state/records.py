@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from ..types import Lead, LeadKey
 
+OWNERSHIP_HOLDS = 6.0  # seconds an answer of State.own() may be relied on; engines' leases last longer
 Unsettled = Literal["pending", "held", "dead"]
 Parked = Literal["dead", "held"]  # only an operator moves a delivery out of these
 INT64 = (-(2**63), 2**63 - 1)  # what the state's integer columns hold

@@ -367,3 +367,30 @@ async def test_a_group_is_bounded_and_a_bug_in_it_strands_no_poll(url: str, open
     assert all(isinstance(r, TypeError) for r in results)  # failed, not waiting forever
     assert await state.record_poll(second) == 1  # the next poll is written
     await state.close()  # and closing raises nothing
+
+
+# -- several instances: who polls what --------------------------------------------------------
+async def test_instances_share_the_chatbots_and_take_over_those_of_one_gone(
+        url: str, opened: list[PostgresState]) -> None:
+    serials = [f"bot-{i}" for i in range(10)]
+    first = await PostgresState.open(url, "daemon")
+    opened.append(first)
+    now = wall()
+    assert await first.own(serials, now) == frozenset(serials)  # alone: every chatbot
+    second = await PostgresState.open(url, "daemon")
+    opened.append(second)
+    assert await second.own(serials, now) == frozenset()  # all leased to the first, for now
+    kept = await first.own(serials, now)  # a second instance is alive: half goes back
+    assert kept is not None and len(kept) == 5
+    taken = await second.own(serials, now)
+    assert taken == frozenset(serials) - kept  # the other half, none twice
+    owners = await second.owners()
+    assert {owners[s] for s in kept} == {first.instance} and {owners[s] for s in taken} == {second.instance}
+    await run_sql(url, "UPDATE owners SET until_us = 0 WHERE instance = %s", (first.instance,))  # its lease lapsed
+    await run_sql(url, "UPDATE instances SET heartbeat_us = 0 WHERE id = %s", (first.instance,))  # and it died
+    assert await second.own(serials, now) == frozenset(serials)  # takes over what lapsed
+    assert second.takeovers == 5
+    await second.close()  # a clean stop hands everything over at once
+    third = await PostgresState.open(url, "daemon")
+    opened.append(third)
+    assert await third.own(serials, now) == frozenset(serials) and third.takeovers == 0

@@ -49,7 +49,7 @@ from ..records import (
     Unsettled,
 )
 from ..times import moment_us, us
-from . import deliveries, polls, queries, registry, schema
+from . import deliveries, ownership, polls, queries, registry, schema
 from .deadline import bounded
 from .deliveries import LIVE
 from .errors import FAILURES, UNAVAILABLE, Where
@@ -88,6 +88,7 @@ class PostgresState:
         self._registers = role in ("daemon", "sender")  # the processes that claim deliveries
         self._groups = PollGroups(self._record_group)
         self.insist_on_sync = True  # SET LOCAL synchronous_commit = on when recording (not if the server says so)
+        self.takeovers = 0  # chatbots taken over from an instance whose lease had run out
         # an operator's query has a deadline too (`state migrate`'s copy takes as long as it takes)
         self.deadline: float | None = (CALL_DEADLINE if self._registers else
                                        None if role == "migrate" else OPERATOR_DEADLINE)
@@ -160,6 +161,7 @@ class PostgresState:
         if self._registers:
             with contextlib.suppress(StateError, TimeoutError):
                 async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await self._tx("handing chatbots over", ownership.disown, self.instance)
                     await self._tx("unregistering this process", registry.unregister, self.instance, time.time())
         with contextlib.suppress(*FAILURES):
             await self._pool.close(timeout=CLOSE_TIMEOUT)
@@ -316,6 +318,14 @@ class PostgresState:
     async def heartbeat(self, now: float, status: Mapping[str, Any]) -> str | None:
         await self._tx("writing the heartbeat", registry.heartbeat, self.instance, now, status)
         return self.problem
+
+    async def own(self, serials: Collection[str], now: float) -> frozenset[str] | None:
+        mine, taken = await self._tx("owning chatbots", ownership.own, self.instance, serials, now)
+        self.takeovers += taken
+        return mine
+
+    async def owners(self) -> dict[str, str]:
+        return await self._read("reading chatbot owners", ownership.owners)
 
     async def instances(self, now: float) -> list[Instance]:
         return await self._read("reading instances", registry.listed, now)

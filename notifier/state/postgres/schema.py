@@ -28,7 +28,7 @@ LOCK = 0x53424E31  # "SBN1": the advisory lock migrations take, the same number 
 MARKER = "smarterbot_notifier_schema"  # its one row is the schema version
 BATCHES = "outbox_batches"  # the digest batch id sequence
 CHANGES = "changes"  # one row: how many operator changes were committed
-TABLES = ("chatbots", "leads", "outbox", "attempts", "instances", CHANGES)
+TABLES = ("chatbots", "leads", "outbox", "attempts", "instances", "owners", CHANGES)
 IDENTITIES = ("leads", "outbox", "attempts")  # tables whose ids come from an identity sequence
 
 _CREATE = (
@@ -86,6 +86,12 @@ _CREATE = (
         stopped_us bigint,
         status text,
         processes text NOT NULL DEFAULT ''
+    )""",
+    """CREATE TABLE owners (
+        serial text PRIMARY KEY,
+        instance text NOT NULL,
+        epoch bigint NOT NULL,
+        until_us bigint NOT NULL
     )""",
     f"CREATE TABLE {CHANGES} (id integer PRIMARY KEY CHECK (id = 1), n bigint NOT NULL)",
     f"INSERT INTO {CHANGES} VALUES (1, 0)",  # noqa: S608 - a constant

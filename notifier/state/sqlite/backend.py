@@ -176,6 +176,12 @@ class SQLiteState:
                                  "status": dict(status)})
         return problem
 
+    async def own(self, serials: Collection[str], now: float) -> frozenset[str] | None:
+        return None  # one daemon per file (its lock): it polls every chatbot
+
+    async def owners(self) -> dict[str, str]:
+        return {}
+
     async def instances(self, now: float) -> list[Instance]:
         last = read_status(self.path, lock_holder(self.path))
         return [] if last is None else [last]

@@ -1,0 +1,58 @@
+"""Several daemons on one PostgreSQL state (the first part of issue 15): each chatbot is polled by
+one of them at a time, the chatbots are shared out, and a daemon that stops hands its chatbots
+over. Correctness never depends on it (recording only inserts what is new): every lead arrives
+once."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from notifier.config import load_config
+from notifier.service import Service
+from notifier.simulator import Simulator
+
+from .conftest import SERIAL_A, SERIAL_B, Receiver, until, write_config
+from .state.pg import fresh_database
+
+
+def _sessions(receiver: Receiver) -> list[int]:
+    return sorted(int(r.json["data"]["lead"]["SessionID"]) for r in receiver.accepted)
+
+
+async def test_two_daemons_share_the_chatbots_and_one_stopping_hands_its_over(
+        simulator: tuple[Simulator, str], receiver: Receiver, tmp_path: Path) -> None:
+    sim, api = simulator
+    async with fresh_database() as url:
+        services: list[Service] = []
+        tasks: list[asyncio.Task[None]] = []
+        for name in ("one", "two"):
+            directory = tmp_path / name
+            directory.mkdir()
+            config = load_config(write_config(directory, api, receiver.url, state=f'url = "{url}"'))
+            service = Service(config, beat_interval=0.5)
+            services.append(service)
+            tasks.append(asyncio.create_task(service.run(install_signals=False)))
+        one, two = services
+        try:
+            def shared() -> bool:
+                return (one.owned is not None and two.owned is not None and len(one.owned) == 1
+                        and len(two.owned) == 1 and one.owned | two.owned == {SERIAL_A, SERIAL_B})
+
+            await until(shared, timeout=20, what="each daemon polling one chatbot")
+            await until(lambda: all(p.status.last_success for s in services for p in s.pollers if s.may_poll(p)),
+                        timeout=20, what="both chatbots baselined")
+            first = [sim.add_lead(SERIAL_A), sim.add_lead(SERIAL_B)]
+            await until(lambda: _sessions(receiver) == sorted(lead["SessionID"] for lead in first),
+                        what="each lead once")
+            one.stop()
+            await asyncio.wait_for(tasks[0], 15)
+            await until(lambda: two.owned == frozenset({SERIAL_A, SERIAL_B}), timeout=15, what="the other takes over")
+            later = [sim.add_lead(SERIAL_A), sim.add_lead(SERIAL_B)]
+            await until(lambda: _sessions(receiver) == sorted(lead["SessionID"] for lead in first + later),
+                        timeout=20, what="the later leads, once each")
+            assert len(receiver.accepted) == 4  # nothing twice
+        finally:
+            for service in services:
+                service.stop()
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 20)
