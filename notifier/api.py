@@ -33,10 +33,19 @@ class LeadListAnswer:
 
 
 def make_throttler(requests_per_second: float) -> Throttler:
-    """asyncio-throttle counts whole requests per period; a fractional rate becomes a longer period."""
+    throttler = Throttler(rate_limit=1)
+    set_rate(throttler, requests_per_second)
+    return throttler
+
+
+def set_rate(throttler: Throttler, requests_per_second: float) -> None:
+    """asyncio-throttle counts whole requests per period; a fractional rate becomes a longer period.
+    Changed in place: several instances on one state share `[api] requests_per_second` by the
+    part of the chatbots each polls."""
     if requests_per_second >= 1:
-        return Throttler(rate_limit=int(requests_per_second), period=1.0)
-    return Throttler(rate_limit=1, period=1.0 / requests_per_second)
+        throttler.rate_limit, throttler.period = int(requests_per_second), 1.0
+    else:
+        throttler.rate_limit, throttler.period = 1, 1.0 / requests_per_second
 
 
 class LeadListClient:

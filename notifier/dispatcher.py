@@ -116,11 +116,14 @@ class Dispatcher:
             if sink.min_interval > 0:  # paced: one message at a time, min_interval apart
                 if self._per_sink.get(name):
                     continue
+                due = await self.store.next_due([name], only=self.only)
+                if due is None or due > now:
+                    continue
                 wait = self._ready_at.get(name, 0.0) - loop.time()
+                if wait <= 0:  # and no other process that shares the state sent to it just now
+                    wait = await self.store.pace(name, sink.min_interval)
                 if wait > 0:
-                    due = await self.store.next_due([name], only=self.only)
-                    if due is not None and due <= now:
-                        self._pace_wait = wait if self._pace_wait is None else min(self._pace_wait, wait)
+                    self._pace_wait = wait if self._pace_wait is None else min(self._pace_wait, wait)
                     continue
                 free = 1
             for group in await self.store.claim(now, {name: free}, lease=self.lease, only=self.only):

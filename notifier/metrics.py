@@ -62,6 +62,9 @@ class Metrics:
                                   ["sink", "outcome"], registry=r)
         self.last_success = Gauge(PREFIX + "last_successful_poll_timestamp_seconds",
                                   "Unix time of the chatbot's last successful poll", ["chatbot"], registry=r)
+        self.instances_live = Gauge(PREFIX + "instances_live", "Daemons alive on this state (several share a "
+                                    "PostgreSQL state)", registry=r)
+        self.chatbots_owned = Gauge(PREFIX + "chatbots_owned", "Chatbots this instance polls", registry=r)
         self._outbox: _OutboxCollector | None = None
 
     def watch_outbox(self, counts: Callable[[], Awaitable[Mapping[str, SinkCounts]]],

@@ -29,7 +29,9 @@ def target_url(to: str | None, to_file: str | None) -> str:
             raise UsageError(f"--to-file {safe_text(to_file, 200)}: cannot be read: "
                              f"{getattr(exc, 'strerror', None) or exc}") from None
     assert to is not None
-    register_secrets([secret for secret in (to, password(to)) if secret])
+    secret = password(to)
+    if secret:  # the password alone: the URL without it is what the output names
+        register_secrets([secret])
     problem = url_problem(to)
     if problem is not None:
         raise UsageError(f"the target URL {problem}")

@@ -17,9 +17,10 @@ from typing import IO, Any
 import aiohttp
 import structlog
 from aiohttp import web
+from asyncio_throttle.throttler import Throttler
 
 from ._version import USER_AGENT
-from .api import LeadListClient, make_throttler
+from .api import LeadListClient, make_throttler, set_rate
 from .clockcheck import ClockCheck
 from .config import Config
 from .dispatcher import ATTEMPT_DEADLINE, LEASE, Dispatcher
@@ -82,6 +83,7 @@ class Service:
         self.store: State | None = None
         self.owned: frozenset[str] | None = None  # the chatbots this instance polls (None: every one)
         self._owned_until = 0.0  # loop time until which `owned` may be relied on
+        self._throttler: Throttler | None = None  # the vendor's rate limit, this instance's part of it
         self._pending = 0  # deliveries pending at the last beat
         self._heartbeat_problem: str | None = None
         self.http: aiohttp.ClientSession | None = None  # the sinks'
@@ -122,8 +124,10 @@ class Service:
         assert self.api_http is not None
         assert self.store is not None
         assert self.dispatcher is not None
+        self._throttler = make_throttler(config.api.requests_per_second)
+        self._share_rate()
         client = LeadListClient(self.api_http, config.api.base_url, timeout=config.api.timeout,
-                                throttler=make_throttler(config.api.requests_per_second),
+                                throttler=self._throttler,
                                 max_response_bytes=config.api.max_response_bytes, user_agent=USER_AGENT)
         pollers = []
         for chatbot in config.chatbots:
@@ -307,6 +311,7 @@ class Service:
         self.config = new
         await self._stop_polling()
         self.pollers = self._pollers(new, old_pollers)
+        await self._own()  # chatbots added or removed: who polls them is settled now
         settle_heap()
         self._start_polling()
         self.dispatcher.wake()
@@ -346,6 +351,18 @@ class Service:
             log.debug("could not renew chatbot ownership", error=str(exc))
             return
         self._owned_until = asked + OWNERSHIP_HOLDS
+        self.metrics.chatbots_owned.set(len(self.pollers) if self.owned is None else len(self.owned))
+        self._share_rate()
+
+    def _share_rate(self) -> None:
+        """`[api] requests_per_second` is the limit of the whole cluster (the vendor sees one API
+        key): each instance takes the part of it that it polls of the chatbots."""
+        throttler, rate, owned = self._throttler, self.config.api.requests_per_second, self.owned
+        if throttler is None or owned is None or not self.config.chatbots:
+            return
+        serials = {chatbot.serial_number for chatbot in self.config.chatbots}
+        part = max(len(owned & serials), 1) / len(serials)
+        set_rate(throttler, rate * part)
 
     async def _keep_owning(self) -> None:
         while not self._stop.is_set():
@@ -378,6 +395,9 @@ class Service:
             async with asyncio.timeout(deadline):  # a database that hangs never stops the watchdog
                 problem = await self.store.heartbeat(self.clock().timestamp(), self._status())
                 self._pending = sum(c.pending for c in (await self.store.sink_counts()).values())
+                if self.owned is not None:  # a shared state: how many share it
+                    live = await self.store.instances(self.clock().timestamp())
+                    self.metrics.instances_live.set(sum(i.alive for i in live))
             self._heartbeat_problem = None
         except (StateError, TimeoutError) as exc:
             problem = self.store.problem

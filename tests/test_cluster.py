@@ -40,6 +40,13 @@ async def test_two_daemons_share_the_chatbots_and_one_stopping_hands_its_over(
                         and len(two.owned) == 1 and one.owned | two.owned == {SERIAL_A, SERIAL_B})
 
             await until(shared, timeout=20, what="each daemon polling one chatbot")
+            # [api] requests_per_second (200) is the cluster's: each takes the part it polls
+            await until(lambda: all(s._throttler is not None and s._throttler.rate_limit == 100 for s in services),
+                        what="the rate limit shared")
+            registries = [service.metrics.registry for service in services]  # /metrics says it too
+            assert [r.get_sample_value("smarterbot_notifier_chatbots_owned") for r in registries] == [1, 1]
+            live = "smarterbot_notifier_instances_live"
+            await until(lambda: [r.get_sample_value(live) for r in registries] == [2, 2], what="both instances counted")
             await until(lambda: all(p.status.last_success for s in services for p in s.pollers if s.may_poll(p)),
                         timeout=20, what="both chatbots baselined")
             first = [sim.add_lead(SERIAL_A), sim.add_lead(SERIAL_B)]
@@ -48,6 +55,7 @@ async def test_two_daemons_share_the_chatbots_and_one_stopping_hands_its_over(
             one.stop()
             await asyncio.wait_for(tasks[0], 15)
             await until(lambda: two.owned == frozenset({SERIAL_A, SERIAL_B}), timeout=15, what="the other takes over")
+            assert two._throttler is not None and two._throttler.rate_limit == 200  # and the whole rate
             later = [sim.add_lead(SERIAL_A), sim.add_lead(SERIAL_B)]
             await until(lambda: _sessions(receiver) == sorted(lead["SessionID"] for lead in first + later),
                         timeout=20, what="the later leads, once each")

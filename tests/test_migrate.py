@@ -217,6 +217,14 @@ def test_migrate_says_where_it_copied_to_without_the_password(site: Installation
     assert ran.out.splitlines()[0] == f"copied {site.dir / 'state.db'} into {without_password(target)}:", ran.out
 
 
+def test_migrate_names_a_target_without_a_password_as_it_is(site: Installation, target: str) -> None:
+    """The third review's finding: the whole URL was taken for a secret, so the output said `***`."""
+    plain = without_password(target)
+    ran = site.run("state", "migrate", "--to", plain)
+    assert ran.code == 0, ran.err
+    assert ran.out.splitlines()[0] == f"copied {site.dir / 'state.db'} into {plain}:", ran.out
+
+
 def test_migrate_refuses_while_a_daemon_holds_the_state(site: Installation, target: str) -> None:
     service = Service(load_config(site.sqlite))
 

@@ -92,6 +92,10 @@ class State(Protocol):
         """At start: deliveries claimed by processes that are gone are due now (never our own:
         they may be in flight)."""
 
+    async def pace(self, sink: str, interval: float) -> float:
+        """A paced sink's next message, for every process that sends: 0 when this one may send it
+        now (and the one after waits `interval` seconds, whoever sends it), else seconds to wait."""
+
     async def pull_in(self, now: float, latest: float) -> int:
         """Pending deliveries due after `latest` are due `now` (scheduled under a clock that was ahead)."""
 

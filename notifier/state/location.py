@@ -3,7 +3,7 @@ PostgreSQL database (`[state] url`). The URL carries a password: only `redacted`
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 SCHEMES = ("postgresql", "postgres")
 
@@ -40,7 +40,10 @@ def redacted(url: str) -> str:
 
 
 def password(url: str) -> str | None:
+    """The password, from the user info or a `password=` parameter (libpq takes either)."""
     try:
-        return urlsplit(url).password or None
+        parts = urlsplit(url)
+        given = parts.password or parse_qs(parts.query).get("password", [""])[0]
     except ValueError:
         return None
+    return given or None

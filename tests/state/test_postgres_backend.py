@@ -394,3 +394,15 @@ async def test_instances_share_the_chatbots_and_take_over_those_of_one_gone(
     third = await PostgresState.open(url, "daemon")
     opened.append(third)
     assert await third.own(serials, now) == frozenset(serials) and third.takeovers == 0
+
+
+async def test_a_paced_sink_is_paced_for_every_instance(url: str, opened: list[PostgresState]) -> None:
+    one, two = await PostgresState.open(url, "daemon"), await PostgresState.open(url, "daemon")
+    opened += [one, two]
+    assert await one.pace("slack", 30.0) == 0.0  # one may send now; the next slot is 30 s later
+    wait = await two.pace("slack", 30.0)
+    assert 25.0 < wait <= 30.0  # whoever asks
+    assert await one.pace("slack", 30.0) > 25.0
+    assert await two.pace("email", 30.0) == 0.0  # per sink
+    await run_sql(url, "UPDATE paces SET next_us = 0 WHERE sink = 'slack'")  # the slot came
+    assert await two.pace("slack", 30.0) == 0.0

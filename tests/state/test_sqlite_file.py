@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import re
 import sqlite3
@@ -21,7 +22,7 @@ import pytest
 from notifier.exceptions import StateError, StateMissing
 from notifier.leads import parse_records
 from notifier.state import LeadQuery, Outcome, PollRecord
-from notifier.state.sqlite import SQLiteState
+from notifier.state.sqlite import SQLiteState, lock_path
 from notifier.state.sqlite.deliveries import _ANY_DUE, _DUE
 from notifier.state.sqlite.schema import SCHEMA_VERSION, migrate
 from notifier.state.times import us
@@ -445,3 +446,43 @@ async def test_a_reader_never_creates_the_schema_of_a_file_just_created(tmp_path
     with pytest.raises(StateMissing):
         SQLiteState(path, "operator")
     assert path.stat().st_size == 0
+
+
+async def test_an_old_file_is_never_upgraded_under_a_daemon_running_on_it(tmp_path: Path) -> None:
+    """The third review's finding: `status` of a new version beside a running older daemon upgraded
+    the file, and the old daemon went on running, recording and sending nothing."""
+    path = tmp_path / "state.db"
+    old_file(path, 3)
+    before = path.read_bytes()
+    fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT, 0o600)  # what the older daemon holds
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, str(os.getpid()).encode())
+        for role in ("operator", "daemon"):
+            with pytest.raises(StateError, match="older version"):
+                SQLiteState(path, role)
+        assert path.read_bytes() == before
+    finally:
+        os.close(fd)
+    state = SQLiteState(path)  # the older daemon stopped: the file is upgraded
+    try:
+        assert state.file.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        await state.close()
+
+
+async def test_a_delivery_claimed_by_a_process_gone_is_exported_as_due_now(tmp_path: Path) -> None:
+    """The third review's finding: `state migrate` of a file whose daemon was killed mid-send
+    copied the lease's end without the claim, and nothing on PostgreSQL released it for 3 minutes."""
+    state = SQLiteState(tmp_path / "state.db")
+    try:
+        record = {"Type": "Lead", "SessionID": 1, "CreateTime": "2026-11-25T10:00:00Z"}
+        lead = parse_records("serial", [record]).leads[0]
+        await state.record_poll(PollRecord(serial="serial", chatbot="bot", covered_from_us=0, detected_at=NOW,
+                                           notify=[(lead, ("crm",))], silent=[]))
+        wall = datetime.now(UTC).timestamp()
+        assert len(await state.claim(wall, {"crm": 1}, lease=3600)) == 1  # the lease would run an hour
+        (row,) = (await state.export()).outbox
+        assert row[5] <= us(datetime.now(UTC).timestamp())  # next_at_us: due now
+    finally:
+        await state.close()

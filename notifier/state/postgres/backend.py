@@ -267,6 +267,9 @@ class PostgresState:
     async def release_claims(self, now: float) -> int:
         return await self._tx("releasing claims", deliveries.release_claims, us(now), self.instance)
 
+    async def pace(self, sink: str, interval: float) -> float:
+        return await self._tx("pacing a sink", ownership.pace, sink, interval)
+
     async def pull_in(self, now: float, latest: float) -> int:
         return await self._tx("pulling in deliveries", deliveries.pull_in, us(now), us(latest))
 

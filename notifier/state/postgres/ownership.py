@@ -1,10 +1,14 @@
-"""Which instance polls which chatbot, when several share one PostgreSQL state. Each chatbot has at
+"""Which instance polls which chatbot, and when a paced sink may send, when several share one
+PostgreSQL state. Each chatbot has at
 most one owner at a time: a lease (`owners.until_us`, on the server's clock, so hosts whose clocks
 disagree still agree on it) with a fencing `epoch` that grows with every change of owner. An
 instance renews what it owns, gives back what is beyond its fair share (so a new instance gets
 work), and takes free or expired chatbots up to its share, in random order (so instances starting
 together do not reach for the same ones). Correctness never depends on it: recording a poll only
-inserts what is new, so two instances polling one chatbot during a handover notify nothing twice."""
+inserts what is new, so two instances polling one chatbot during a handover notify nothing twice.
+
+A paced sink (Slack's one message a second) is paced for the cluster by one row per sink: the
+next moment any instance may send to it, reserved in the same statement that checks it."""
 
 from __future__ import annotations
 
@@ -75,3 +79,20 @@ async def owners(conn: Conn) -> dict[str, str]:
     cursor = await conn.execute("SELECT serial, instance FROM owners "
                                 "WHERE until_us >= (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
     return dict(await cursor.fetchall())
+
+
+async def pace(conn: Conn, sink: str, interval: float) -> float:
+    """A paced sink's next message for the whole cluster, on the server's clock: 0 and the slot
+    after it reserved, or the seconds until the next slot."""
+    cursor = await conn.execute(
+        "INSERT INTO paces (sink, next_us) VALUES (%(sink)s, "
+        "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint + %(interval)s) "
+        "ON CONFLICT (sink) DO UPDATE SET next_us = excluded.next_us "
+        "WHERE paces.next_us <= (extract(epoch FROM clock_timestamp()) * 1000000)::bigint RETURNING next_us",
+        {"sink": sink, "interval": us(interval)})
+    if await cursor.fetchone() is not None:
+        return 0.0
+    cursor = await conn.execute("SELECT next_us - (extract(epoch FROM clock_timestamp()) * 1000000)::bigint "
+                                "FROM paces WHERE sink = %s", (sink,))
+    row = await cursor.fetchone()
+    return 0.0 if row is None else max(0.0, int(row[0]) / 1_000_000)

@@ -28,7 +28,7 @@ LOCK = 0x53424E31  # "SBN1": the advisory lock migrations take, the same number 
 MARKER = "smarterbot_notifier_schema"  # its one row is the schema version
 BATCHES = "outbox_batches"  # the digest batch id sequence
 CHANGES = "changes"  # one row: how many operator changes were committed
-TABLES = ("chatbots", "leads", "outbox", "attempts", "instances", "owners", CHANGES)
+TABLES = ("chatbots", "leads", "outbox", "attempts", "instances", "owners", "paces", CHANGES)
 IDENTITIES = ("leads", "outbox", "attempts")  # tables whose ids come from an identity sequence
 
 _CREATE = (
@@ -87,6 +87,7 @@ _CREATE = (
         status text,
         processes text NOT NULL DEFAULT ''
     )""",
+    "CREATE TABLE paces (sink text PRIMARY KEY, next_us bigint NOT NULL)",
     """CREATE TABLE owners (
         serial text PRIMARY KEY,
         instance text NOT NULL,

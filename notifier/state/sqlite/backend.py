@@ -112,6 +112,9 @@ class SQLiteState:
         with self.file.transaction() as db:
             return deliveries.release_claims(db, us(now), self.instance)
 
+    async def pace(self, sink: str, interval: float) -> float:
+        return 0.0  # one daemon per file: its own pacing is all there is
+
     async def pull_in(self, now: float, latest: float) -> int:
         with self.file.transaction() as db:
             return deliveries.pull_in(db, us(now), us(latest))

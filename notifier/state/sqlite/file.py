@@ -76,6 +76,7 @@ class StateFile:
             raise StateError(f"cannot open state file {path}: {exc}") from None
         try:
             self._check(db)
+            self._refuse_upgrade_under_a_daemon(db)
             if not create and not db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
                 # the daemon has only just created the file: nothing is in it yet, and creating the
                 # schema (or even its WAL header) is its job, not a reader's
@@ -113,6 +114,16 @@ class StateFile:
         if version > SCHEMA_VERSION:
             raise StateError(f"state file {path} was written by a newer smarterbot-notifier "
                              f"(schema {version} > {SCHEMA_VERSION})")
+
+    def _refuse_upgrade_under_a_daemon(self, db: sqlite3.Connection) -> None:
+        """An older file is upgraded in place, but never under a daemon that runs on it (an older
+        version, during an upgrade): its statements would fail from then on, and it would go on
+        running, recording and sending nothing."""
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if 0 < version < SCHEMA_VERSION and (holder := lock_holder(self.path)) is not None:
+            raise StateError(f"state file {self.path} is used by a running smarterbot-notifier of an older version "
+                             f"(pid {holder}): stop it first, then start this one, which upgrades the file; "
+                             "it was left as it was")
 
     def _lock(self) -> None:
         """One daemon per state file: a second would deliver everything twice."""

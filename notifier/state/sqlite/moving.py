@@ -16,9 +16,16 @@ _TABLES = {
 }
 
 
+# a delivery claimed by a process that is gone (its copy is taken under the lock) is due now,
+# not when that process's lease would have ended: the claim does not travel
+_NOW_US = "CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)"
+_SELECTED = {**_TABLES, "outbox": _TABLES["outbox"].replace(
+    "next_at_us", f"CASE WHEN claim IS NULL THEN next_at_us ELSE min(next_at_us, {_NOW_US}) END")}
+
+
 def export(db: sqlite3.Connection) -> Snapshot:
     snapshot = Snapshot()
-    for table, columns in _TABLES.items():
+    for table, columns in _SELECTED.items():
         rows = db.execute(f"SELECT {columns} FROM {table} ORDER BY 1").fetchall()  # noqa: S608
         if table == "leads":
             rows = [(*row[:8], bool(row[8])) for row in rows]
