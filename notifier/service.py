@@ -241,8 +241,7 @@ class Service:
                 log.warning("the polls cannot keep their intervals", problem=warning)
             self.notifier.send(ready="1", status=self.status_line(), mainpid=str(os.getpid()))
             settle_heap()
-            await self._own()
-            if self.owned is not None:  # several instances may share this state: who polls what
+            if await self._own() is not False:  # several instances may share this state: who polls what
                 self.supervisor.start("ownership", self._keep_owning)
             self._start_polling()
             dispatcher = self.dispatcher
@@ -338,9 +337,10 @@ class Service:
             return self.pollers
         return [p for p in self.pollers if self.may_poll(p) and p.status.polls]
 
-    async def _own(self) -> None:
-        """Renew (and rebalance) which chatbots this instance polls. A failure changes nothing:
-        what it owns lapses by itself, and the others take over."""
+    async def _own(self) -> bool | None:
+        """Renew (and rebalance) which chatbots this instance polls; says whether the state is
+        shared (None: the state did not answer). A failure changes nothing: what it owns lapses
+        by itself, and the others take over."""
         assert self.store is not None
         loop = asyncio.get_running_loop()
         asked = loop.time()
@@ -349,10 +349,11 @@ class Service:
                                               self.clock().timestamp())
         except StateError as exc:
             log.debug("could not renew chatbot ownership", error=str(exc))
-            return
+            return None
         self._owned_until = asked + OWNERSHIP_HOLDS
         self.metrics.chatbots_owned.set(len(self.pollers) if self.owned is None else len(self.owned))
         self._share_rate()
+        return self.owned is not None
 
     def _share_rate(self) -> None:
         """`[api] requests_per_second` is the limit of the whole cluster (the vendor sees one API
@@ -365,11 +366,13 @@ class Service:
         set_rate(throttler, rate * part)
 
     async def _keep_owning(self) -> None:
+        """Every OWN_EVERY seconds; rests once the state turns out to have one instance at a time
+        (its first answer may have been lost to an outage)."""
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), OWN_EVERY)
-            if not self._stop.is_set():
-                await self._own()
+            if not self._stop.is_set() and await self._own() is False:
+                await self._stop.wait()  # a supervised task ends only with the daemon
 
     # -- status -------------------------------------------------------------------------
     def status_line(self) -> str:
