@@ -236,11 +236,12 @@ class Dispatcher:
         its LISTEN connection keeps)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + longest
-        version = self.store.changed_elsewhere()
+        version, work = self.store.changed_elsewhere(), self.store.work_elsewhere()
         while True:
             wait = max(0.0, min(self.external_check, deadline - loop.time()))
             done, _ = await asyncio.wait({stopping, waking}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-            if done or loop.time() >= deadline or self.store.changed_elsewhere() != version:
+            if (done or loop.time() >= deadline or self.store.changed_elsewhere() != version
+                    or self.store.work_elsewhere() != work):
                 return
 
     async def _idle_wait(self) -> float:

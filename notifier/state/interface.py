@@ -73,6 +73,10 @@ class State(Protocol):
         """A number that changes when another process changed the state (an operator command):
         what this one caches from it is stale then. Never a round trip to a server."""
 
+    def work_elsewhere(self) -> int:
+        """A number that changes when another process queued deliveries (a wake-up hint: a lost
+        one costs the dispatcher's idle recheck). Never a round trip to a server."""
+
     # -- deliveries ---------------------------------------------------------------------
     async def claim(self, now: float, wanted: Mapping[str, int], *, lease: float,
                     only: Collection[int] | None = None) -> list[list[Delivery]]:

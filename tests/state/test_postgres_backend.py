@@ -406,3 +406,14 @@ async def test_a_paced_sink_is_paced_for_every_instance(url: str, opened: list[P
     assert await two.pace("email", 30.0) == 0.0  # per sink
     await run_sql(url, "UPDATE paces SET next_us = 0 WHERE sink = 'slack'")  # the slot came
     assert await two.pace("slack", 30.0) == 0.0
+
+
+async def test_deliveries_queued_by_one_instance_wake_the_others(url: str, opened: list[PostgresState]) -> None:
+    """A LISTEN/NOTIFY hint: another instance's dispatcher looks at once instead of at its idle
+    recheck (a lost hint costs that recheck, never a delivery)."""
+    one, two = await PostgresState.open(direct_url(url), "daemon"), await PostgresState.open(direct_url(url), "daemon")
+    opened += [one, two]
+    before = two.work_elsewhere()
+    await one.record_poll(poll(wall(), [], [lead(1)]))  # seen, nothing queued: no hint
+    await one.record_poll(poll(wall(), [(lead(2), ("crm",))]))
+    await until(lambda: two.work_elsewhere() != before, what="the hint")

@@ -246,6 +246,9 @@ class PostgresState:
     def changed_elsewhere(self) -> int:
         return 0 if self._listener is None else self._listener.count
 
+    def work_elsewhere(self) -> int:
+        return 0 if self._listener is None else self._listener.work
+
     # -- deliveries ---------------------------------------------------------------------
     async def claim(self, now: float, wanted: Mapping[str, int], *, lease: float,
                     only: Collection[int] | None = None) -> list[list[Delivery]]:

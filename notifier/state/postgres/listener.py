@@ -29,6 +29,7 @@ log = structlog.get_logger("notifier.state")
 PROBE = 60.0  # seconds without a notification after which the connection is probed
 BACKOFF = (0.5, 30.0)  # first and longest wait before connecting again
 CHANNEL = "smarterbot_notifier"
+WORK = "smarterbot_notifier_work"  # deliveries were queued (a poll of any instance): a wake-up hint
 COUNTER_EVERY = 1.0  # seconds between reads of the change counter
 
 
@@ -49,6 +50,7 @@ class Listener:
     def __init__(self, url: str, where: Where, options: dict[str, Any],
                  counter: Callable[[], Awaitable[int]] | None = None) -> None:
         self.count = 0
+        self.work = 0  # notifications of queued deliveries (lost ones cost the idle recheck, 5 s)
         self._url = url
         self._where = where
         self._options = {**options, "autocommit": True}
@@ -110,12 +112,17 @@ class Listener:
         conn: psycopg.AsyncConnection[Any] = await psycopg.AsyncConnection.connect(self._url, **self._options)
         async with conn:
             await conn.execute(f"LISTEN {CHANNEL}")
+            await conn.execute(f"LISTEN {WORK}")
             self.count += 1  # anything sent before this was missed: look again
+            self.work += 1
             self._listening.set()
             if self._warned:
                 log.info("state change notifications resumed", database=self._where.text)
                 self._warned = False
             while True:
-                async for _ in conn.notifies(timeout=PROBE):
-                    self.count += 1
+                async for notification in conn.notifies(timeout=PROBE):
+                    if notification.channel == WORK:
+                        self.work += 1
+                    else:
+                        self.count += 1
                 await conn.execute("SELECT 1")  # still there? (raises if not)

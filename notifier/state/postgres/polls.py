@@ -97,8 +97,10 @@ _RECORD = (
     "queued_of AS (SELECT q.lead_id, q.sink, q.state, i.serial FROM queued q JOIN ids i ON i.id = q.lead_id), "
     "held AS (INSERT INTO attempts (lead_id, sink, at_us, attempt, outcome, detail) "
     "SELECT o.lead_id, o.sink, q.now, 0, 'held', q.reason FROM queued_of o JOIN polls q ON q.serial = o.serial "
-    "WHERE o.state = 'held') "
-    "SELECT serial, count(*) FROM queued_of GROUP BY serial")
+    "WHERE o.state = 'held'), "
+    # every instance's dispatcher looks at once (sent on commit, and only if something was queued)
+    "wake AS (SELECT pg_notify('smarterbot_notifier_work', '') FROM (SELECT 1 FROM queued LIMIT 1) AS any_queued) "
+    "SELECT serial, count(*) FROM queued_of, (SELECT count(*) FROM wake) AS woken GROUP BY serial")
 
 
 def record_values(group: Sequence[PollRecord]) -> dict[str, Any]:

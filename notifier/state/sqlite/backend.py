@@ -90,6 +90,9 @@ class SQLiteState:
     def changed_elsewhere(self) -> int:
         return self.file.changed_elsewhere()
 
+    def work_elsewhere(self) -> int:
+        return 0  # one daemon per file: it queues its deliveries itself
+
     # -- deliveries ---------------------------------------------------------------------
     async def claim(self, now: float, wanted: Mapping[str, int], *, lease: float,
                     only: Collection[int] | None = None) -> list[list[Delivery]]:
