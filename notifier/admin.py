@@ -105,11 +105,19 @@ def print_status(data: dict[str, Any], out: IO[str]) -> None:
     print(f"daemon: {'running, pid ' + str(daemon['pid']) if daemon['running'] else 'not running'}"
           + (f" (last status {_when_and_age(written, now).replace(' (', ', ').rstrip(')')})" if written else ""),
           file=out)
-    rows = [("CHATBOT", "LAST POLL (UTC)", "NEW TODAY", "RESULT")] + [
+    owned = any("owner" in c for c in data["chatbots"])  # several instances share the state
+    rows = [("CHATBOT", "LAST POLL (UTC)", "NEW TODAY", "RESULT", *(("POLLED BY",) if owned else ()))] + [
         (safe_text(c["name"], 40), _when_and_age(c["last_poll"], now), str(c["new_today"]),
-         safe_text(c["result"], 80)) for c in data["chatbots"]]
+         safe_text(c["result"], 80), *((safe_text(c.get("owner", "none"), 80),) if owned else ()))
+        for c in data["chatbots"]]
     for problem in daemon.get("problems", []):
         print(f"problem: {safe_text(str(problem), 300)}", file=out)
+    if data.get("instances"):
+        table([("INSTANCE", "VERSION", "LAST HEARTBEAT (UTC)", "ALIVE", "CHATBOTS")] + [
+            (safe_text(f"{i['host']} pid {i['pid']}", 80), safe_text(i["version"], 20),
+             _when_and_age(i["heartbeat"], now), "yes" if i["alive"] else "no", str(i["chatbots"]))
+            for i in data["instances"]], out)
+        print(file=out)
     table(rows, out)
     print(file=out)
     table([("SINK", "PENDING", "HELD", "DEAD", "")] + [

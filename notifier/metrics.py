@@ -65,6 +65,8 @@ class Metrics:
         self.instances_live = Gauge(PREFIX + "instances_live", "Daemons alive on this state (several share a "
                                     "PostgreSQL state)", registry=r)
         self.chatbots_owned = Gauge(PREFIX + "chatbots_owned", "Chatbots this instance polls", registry=r)
+        self.takeovers = Counter(PREFIX + "ownership_takeovers", "Chatbots taken over from an instance whose "
+                                 "ownership lapsed (it died or was cut off)", registry=r)
         self._outbox: _OutboxCollector | None = None
 
     def watch_outbox(self, counts: Callable[[], Awaitable[Mapping[str, SinkCounts]]],

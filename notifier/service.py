@@ -344,9 +344,11 @@ class Service:
         assert self.store is not None
         loop = asyncio.get_running_loop()
         asked = loop.time()
+        taken = self.store.takeovers
         try:
             self.owned = await self.store.own([p.chatbot.serial_number for p in self.pollers],
                                               self.clock().timestamp())
+            self.metrics.takeovers.inc(self.store.takeovers - taken)
         except StateError as exc:
             log.debug("could not renew chatbot ownership", error=str(exc))
             return None

@@ -6,8 +6,11 @@ once."""
 from __future__ import annotations
 
 import asyncio
+import io
+from datetime import UTC, datetime
 from pathlib import Path
 
+from notifier import admin
 from notifier.config import load_config
 from notifier.service import Service
 from notifier.simulator import Simulator
@@ -49,6 +52,12 @@ async def test_two_daemons_share_the_chatbots_and_one_stopping_hands_its_over(
             await until(lambda: [r.get_sample_value(live) for r in registries] == [2, 2], what="both instances counted")
             await until(lambda: all(p.status.last_success for s in services for p in s.pollers if s.may_poll(p)),
                         timeout=20, what="both chatbots baselined")
+            data = await admin.status(one.config, datetime.now(UTC))  # `status`: who runs, who polls what
+            assert sorted((i["alive"], i["chatbots"]) for i in data["instances"]) == [(True, 1), (True, 1)]
+            assert {c["owner"] for c in data["chatbots"]} == {f"{i['host']} pid {i['pid']}" for i in data["instances"]}
+            out = io.StringIO()
+            admin.print_status(data, out)
+            assert "INSTANCE" in out.getvalue() and "POLLED BY" in out.getvalue()
             first = [sim.add_lead(SERIAL_A), sim.add_lead(SERIAL_B)]
             await until(lambda: _sessions(receiver) == sorted(lead["SessionID"] for lead in first),
                         what="each lead once")

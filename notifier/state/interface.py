@@ -40,6 +40,8 @@ class State(Protocol):
     """This process's id: its claims and heartbeats carry it."""
     description: str
     """Where the state lives, fit for a log line: a path, or a URL without its password."""
+    takeovers: int
+    """Chatbots this instance took over from one whose ownership had lapsed (a dead instance)."""
 
     @property
     def problem(self) -> str | None:

@@ -51,6 +51,7 @@ class SQLiteState:
         self.role = role
         self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.description = str(path)
+        self.takeovers = 0  # one daemon per file: nothing to take over
         self._recorder = Recorder(self.file)
         self._started = 0.0
 
