@@ -9,6 +9,7 @@ import asyncio
 import io
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from notifier import admin
 from notifier.config import load_config
@@ -16,7 +17,8 @@ from notifier.service import Service
 from notifier.simulator import Simulator
 
 from .conftest import SERIAL_A, SERIAL_B, Receiver, until, write_config
-from .state.pg import fresh_database
+from .state.pg import database_url, direct_url, fresh_database
+from .state.proxy import FreezingProxy
 
 
 def _sessions(receiver: Receiver) -> list[int]:
@@ -73,3 +75,50 @@ async def test_two_daemons_share_the_chatbots_and_one_stopping_hands_its_over(
             for service in services:
                 service.stop()
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 20)
+
+
+async def test_an_instance_cut_off_from_the_database_stops_polling_and_the_other_takes_over(
+        simulator: tuple[Simulator, str], receiver: Receiver, tmp_path: Path) -> None:
+    """Issue 15's network cut: one instance's connection to PostgreSQL hangs (a proxy that stops
+    forwarding). It stops polling within what its last renewal vouches for, the other takes its
+    chatbots over, and every lead arrives once; when the network returns it rejoins."""
+    sim, api = simulator
+    async with fresh_database() as url:
+        parts = urlsplit(direct_url(url))
+        proxy = FreezingProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+        port = await proxy.start()
+        urls = {"cut": database_url(parts.path.strip("/"), port=port), "whole": url}
+        services: dict[str, Service] = {}
+        tasks: list[asyncio.Task[None]] = []
+        for name, state_url in urls.items():
+            directory = tmp_path / name
+            directory.mkdir()
+            config = load_config(write_config(directory, api, receiver.url, state=f'url = "{state_url}"'))
+            services[name] = Service(config, beat_interval=0.5)
+            tasks.append(asyncio.create_task(services[name].run(install_signals=False)))
+        cut, whole = services["cut"], services["whole"]
+        try:
+            await until(lambda: cut.owned is not None and whole.owned is not None and len(cut.owned) == 1
+                        and len(whole.owned) == 1, timeout=20, what="one chatbot each")
+            await until(lambda: all(p.status.last_success for s in services.values() for p in s.pollers
+                                    if s.may_poll(p)), timeout=20, what="both chatbots baselined")
+            proxy.freeze()
+            await until(lambda: not any(cut.may_poll(p) for p in cut.pollers), timeout=15,
+                        what="the cut-off instance stops polling")
+            await until(lambda: whole.owned == frozenset({SERIAL_A, SERIAL_B}), timeout=20,
+                        what="the other takes its chatbot over")
+            leads = [sim.add_lead(SERIAL_A), sim.add_lead(SERIAL_B)]
+            await until(lambda: _sessions(receiver) == sorted(lead["SessionID"] for lead in leads), timeout=20,
+                        what="both leads, once each, while one instance is cut off")
+            proxy.thaw()
+            await until(lambda: cut.owned is not None and len(cut.owned) == 1, timeout=30,
+                        what="the cut-off instance rejoins")
+            later = sim.add_lead(SERIAL_A)
+            await until(lambda: later["SessionID"] in _sessions(receiver), timeout=20, what="a later lead")
+            assert len(receiver.accepted) == 3  # nothing twice
+        finally:
+            proxy.thaw()
+            for service in services.values():
+                service.stop()
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+            await proxy.close()

@@ -387,7 +387,8 @@ async def test_instances_share_the_chatbots_and_take_over_those_of_one_gone(
     owners = await second.owners()
     assert {owners[s] for s in kept} == {first.instance} and {owners[s] for s in taken} == {second.instance}
     await run_sql(url, "UPDATE owners SET until_us = 0 WHERE instance = %s", (first.instance,))  # its lease lapsed
-    await run_sql(url, "UPDATE instances SET heartbeat_us = 0 WHERE id = %s", (first.instance,))  # and it died
+    await run_sql(url, "UPDATE instances SET heartbeat_us = 0, owning_us = 0 WHERE id = %s",
+                  (first.instance,))  # and it died: no heartbeat, no renewal
     assert await second.own(serials, now) == frozenset(serials)  # takes over what lapsed
     assert second.takeovers == 5
     await second.close()  # a clean stop hands everything over at once

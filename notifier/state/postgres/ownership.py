@@ -20,7 +20,6 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from ..times import us
-from .deliveries import LIVE
 
 Conn = AsyncConnection[Any]
 OWNER_LEASE = 8.0  # seconds an owner keeps a chatbot without renewing it (it renews every OWN_EVERY)
@@ -34,8 +33,13 @@ async def own(conn: Conn, instance: str, serials: Collection[str], now: float) -
     wanted = sorted(set(serials))
     if not wanted:
         return frozenset(), 0
+    # the instances that share the chatbots: those that asked within a lease (a dead or cut-off
+    # one stops counting when its leases lapse, so the others take its share at once)
+    await conn.execute("UPDATE instances SET owning_us = (extract(epoch FROM clock_timestamp()) * 1000000)::bigint "
+                       "WHERE id = %s", (instance,))
     cursor = await conn.execute(
-        "SELECT count(*) FROM instances WHERE stopped_us IS NULL AND heartbeat_us >= %s", (us(now) - us(LIVE),))
+        "SELECT count(*) FROM instances WHERE stopped_us IS NULL "
+        "AND owning_us >= (extract(epoch FROM clock_timestamp()) * 1000000)::bigint - %s", (us(OWNER_LEASE),))
     row = await cursor.fetchone()
     live = max(1, int(row[0]) if row is not None else 1)
     share = math.ceil(len(wanted) / live)

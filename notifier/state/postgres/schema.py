@@ -85,7 +85,8 @@ _CREATE = (
         heartbeat_us bigint NOT NULL,
         stopped_us bigint,
         status text,
-        processes text NOT NULL DEFAULT ''
+        processes text NOT NULL DEFAULT '',
+        owning_us bigint
     )""",
     "CREATE TABLE paces (sink text PRIMARY KEY, next_us bigint NOT NULL)",
     """CREATE TABLE owners (
