@@ -83,6 +83,7 @@ class Service:
         self.store: State | None = None
         self.owned: frozenset[str] | None = None  # the chatbots this instance polls (None: every one)
         self._owned_until = 0.0  # loop time until which `owned` may be relied on
+        self._owned_at_start: frozenset[str] = frozenset()  # answered for before their first poll
         self._throttler: Throttler | None = None  # the vendor's rate limit, this instance's part of it
         self._pending = 0  # deliveries pending at the last beat
         self._heartbeat_problem: str | None = None
@@ -242,6 +243,7 @@ class Service:
             self.notifier.send(ready="1", status=self.status_line(), mainpid=str(os.getpid()))
             settle_heap()
             if await self._own() is not False:  # several instances may share this state: who polls what
+                self._owned_at_start = self.owned or frozenset()
                 self.supervisor.start("ownership", self._keep_owning)
             self._start_polling()
             dispatcher = self.dispatcher
@@ -331,11 +333,13 @@ class Service:
         return poller.chatbot.serial_number in owned and asyncio.get_running_loop().time() < self._owned_until
 
     def _answerable(self) -> list[ChatbotPoller]:
-        """The chatbots this instance answers for (readiness, status): those it polls; one it has
-        just taken over counts from its first poll on."""
+        """The chatbots this instance answers for (readiness, status): those it polls. One it took
+        over while running counts from its first poll on; those it started with count at once, as
+        on a state of its own (not ready until they were polled)."""
         if self.owned is None:
             return self.pollers
-        return [p for p in self.pollers if self.may_poll(p) and p.status.polls]
+        return [p for p in self.pollers if self.may_poll(p)
+                and (p.status.polls or p.chatbot.serial_number in self._owned_at_start)]
 
     async def _own(self) -> bool | None:
         """Renew (and rebalance) which chatbots this instance polls; says whether the state is
