@@ -9,25 +9,22 @@ owns the transactions."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from psycopg import AsyncConnection
 
-from ...leads import lead_from_stored
-from ...types import Delivery, LeadKey
+from ...types import Delivery
 from ..records import Outcome
-from ..times import cut, moment, seconds, us
+from ..rows import DELIVERY_COLUMNS, delivery
+from ..times import cut, seconds, us
 from .processes import PROCESS_TABLE
 
 Conn = AsyncConnection[Any]
 LIVE = 30.0  # seconds: an instance whose last heartbeat is older is gone, and its claims are due again
 FORGOTTEN = 86_400.0  # seconds: an instance gone this long is no longer listed
 
-_COLUMNS = ("o.id, o.sink, o.attempts, o.batch, l.serial, l.session_id, l.created_us, l.chatbot, l.type, l.raw, "
-            "l.detected_at_us")
 # every sink at once, each oldest first, served by the outbox_pending index (sink, next_at_us);
 # rows another instance is claiming right now are skipped, not waited for
 _DUE = ("SELECT w.ord, {columns} FROM unnest(%(sinks)s::text[], %(limits)s::bigint[]) "
@@ -37,7 +34,7 @@ _DUE = ("SELECT w.ord, {columns} FROM unnest(%(sinks)s::text[], %(limits)s::bigi
         "JOIN leads l ON l.id = o.lead_id ORDER BY w.ord, o.next_at_us, o.id")
 _ONLY = "AND o.id = ANY(%(only)s::bigint[]) "
 # a digest's whole batch: every due row of it (whatever `only` says, as in SQLite)
-_BATCHES = (f"SELECT {_COLUMNS} FROM outbox o JOIN leads l ON l.id = o.lead_id "  # noqa: S608
+_BATCHES = (f"SELECT {DELIVERY_COLUMNS} FROM outbox o JOIN leads l ON l.id = o.lead_id "  # noqa: S608
             "WHERE (o.sink, o.batch) IN (SELECT * FROM unnest(%(sinks)s::text[], %(batches)s::bigint[])) "
             "AND o.state = 'pending' AND o.next_at_us <= %(now)s ORDER BY o.id FOR UPDATE OF o SKIP LOCKED")
 _LEDGER_OUTCOME = {"done": "delivered", "retry": "retry", "dead": "dead"}
@@ -52,7 +49,7 @@ async def claim(conn: Conn, now_us: int, wanted: Mapping[str, int], lease_us: in
         return []
     values: dict[str, Any] = {"sinks": sinks, "limits": [wanted[sink] for sink in sinks], "now": now_us,
                               "only": None if only is None else sorted(only)}
-    sql = _DUE.format(columns=_COLUMNS, only="" if only is None else _ONLY)
+    sql = _DUE.format(columns=DELIVERY_COLUMNS, only="" if only is None else _ONLY)
     cursor = await conn.execute(sql, values)
     rows = await cursor.fetchall()
     if not rows:
@@ -72,7 +69,7 @@ async def claim(conn: Conn, now_us: int, wanted: Mapping[str, int], lease_us: in
             continue
         batch = row[3]
         members = [tuple(row)] if batch is None else batches.get((row[1], batch), [])
-        group = [_delivery(r) for r in members if r[0] not in taken] or [_delivery(tuple(row))]
+        group = [delivery(r) for r in members if r[0] not in taken] or [delivery(tuple(row))]
         taken.update(d.id for d in group)
         groups.append(group)
         found[ord_] = found.get(ord_, 0) + 1
@@ -204,10 +201,3 @@ async def count_pending(conn: Conn, ids: Collection[int]) -> int:
                                 (sorted(ids),))
     row = await cursor.fetchone()
     return 0 if row is None else int(row[0])
-
-
-def _delivery(row: tuple[Any, ...]) -> Delivery:
-    (outbox_id, sink, attempts, batch, serial, session_id, created_us, chatbot, kind, raw, detected_us) = row
-    lead = lead_from_stored(LeadKey(serial, session_id, created_us), kind, json.loads(raw))
-    return Delivery(id=outbox_id, sink=sink, chatbot=chatbot, lead=lead, detected_at=moment(detected_us),
-                    attempts=attempts, batch=batch)

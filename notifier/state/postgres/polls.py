@@ -8,7 +8,6 @@ it over arrays (`unnest`)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,11 +15,10 @@ from psycopg import AsyncConnection
 
 from ...types import Lead, LeadKey
 from ..records import PollRecord
+from ..rows import encode_raw
 from ..times import INFINITY_US, cut, moment_us, us
 from .listener import announce
 from .schema import BATCHES
-
-_RAW_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # as SQLite writes it
 
 Conn = AsyncConnection[Any]
 
@@ -126,7 +124,7 @@ def record_values(group: Sequence[PollRecord]) -> dict[str, Any]:
             values["sessions"].append(lead.key.session_id)
             values["created"].append(lead.key.created_us)
             values["types"].append(lead.type)
-            values["raws"].append(_RAW_JSON(lead.raw))
+            values["raws"].append(encode_raw(lead.raw))
             values["notified"].append(notified)
         for lead, sink in planned:
             values["delivery_polls"].append(number)

@@ -6,7 +6,6 @@ the transactions."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ from ..records import (
     Unsettled,
     webhook_id,
 )
+from ..rows import decode_raw
 from ..times import seconds, us
 from .listener import announce
 from .polls import next_batch
@@ -132,7 +132,7 @@ async def find_leads(conn: Conn, query: LeadQuery, limit: int, with_attempts: bo
     leads: dict[int, LeadRecord] = {}
     for lead_id, serial, chatbot, kind, session, created_us, detected_us, notified, raw in await cursor.fetchall():
         leads[lead_id] = LeadRecord(lead_id, serial, chatbot, kind, session, created_us, seconds(detected_us),
-                                    bool(notified), decode(raw))
+                                    bool(notified), decode_raw(raw))
     if not leads:
         return []
     cursor = await conn.execute("SELECT lead_id, sink, state, attempts, last_error FROM outbox "
@@ -188,11 +188,3 @@ async def replay(conn: Conn, sink: str, lead_ids: Sequence[int], now: float, dig
                            (sink, now_us, queued))
     await announce(conn)
     return [changed[lead_id] for lead_id in queued]
-
-
-def decode(raw: str) -> dict[str, Any]:
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}

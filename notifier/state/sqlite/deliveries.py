@@ -9,19 +9,17 @@ import sqlite3
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from ...leads import lead_from_stored
-from ...types import Delivery, LeadKey
+from ...types import Delivery
 from ..records import Outcome
-from ..times import cut, moment, seconds, us
+from ..rows import DELIVERY_COLUMNS, delivery
+from ..times import cut, seconds, us
 
-_COLUMNS = ("o.id, o.sink, o.attempts, o.batch, l.serial, l.session_id, l.created_us, l.chatbot, l.type, l.raw, "
-            "l.detected_at_us")
 _ONLY = "AND o.id IN (SELECT value FROM json_each(?)) "
 # one sink at a time, oldest first: served in order by the outbox_pending index (sink, next_at_us)
-_DUE = (f"SELECT {_COLUMNS} FROM outbox o JOIN leads l ON l.id = o.lead_id "  # noqa: S608
+_DUE = (f"SELECT {DELIVERY_COLUMNS} FROM outbox o JOIN leads l ON l.id = o.lead_id "  # noqa: S608
         "WHERE o.state = 'pending' AND o.sink = ? AND o.next_at_us <= ? {only}ORDER BY o.next_at_us, o.id LIMIT ?")
 _ANY_DUE = "SELECT 1 FROM outbox o WHERE o.state = 'pending' AND o.sink = ? AND o.next_at_us <= ? {only}LIMIT 1"
-_BATCH = (f"SELECT {_COLUMNS} FROM outbox o JOIN leads l ON l.id = o.lead_id "  # noqa: S608
+_BATCH = (f"SELECT {DELIVERY_COLUMNS} FROM outbox o JOIN leads l ON l.id = o.lead_id "  # noqa: S608
           "WHERE o.batch = ? AND o.sink = ? AND o.state = 'pending' AND o.next_at_us <= ? ORDER BY o.id")
 _LEDGER_OUTCOME = {"done": "delivered", "retry": "retry", "dead": "dead"}
 
@@ -55,7 +53,7 @@ def claim(db: sqlite3.Connection, now_us: int, wanted: Mapping[str, int], lease_
                 continue
             batch = row[3]
             rows = [row] if batch is None else db.execute(_BATCH, (batch, sink, now_us)).fetchall()
-            group = [_delivery(r) for r in rows if r[0] not in taken] or [_delivery(row)]
+            group = [delivery(r) for r in rows if r[0] not in taken] or [delivery(row)]
             taken.update(d.id for d in group)
             groups.append(group)
             found += 1
@@ -134,10 +132,3 @@ def reschedule(db: sqlite3.Connection, now_us: int, step_us: int) -> int:
 def count_pending(db: sqlite3.Connection, ids: Collection[int]) -> int:
     return int(db.execute("SELECT count(*) FROM outbox WHERE state = 'pending' AND id IN "
                           "(SELECT value FROM json_each(?))", (json.dumps(sorted(ids)),)).fetchone()[0])
-
-
-def _delivery(row: tuple[Any, ...]) -> Delivery:
-    (outbox_id, sink, attempts, batch, serial, session_id, created_us, chatbot, kind, raw, detected_us) = row
-    lead = lead_from_stored(LeadKey(serial, session_id, created_us), kind, json.loads(raw))
-    return Delivery(id=outbox_id, sink=sink, chatbot=chatbot, lead=lead, detected_at=moment(detected_us),
-                    attempts=attempts, batch=batch)

@@ -4,13 +4,11 @@ transaction."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 
 from ..records import PollRecord
+from ..rows import encode_raw
 from ..times import INFINITY_US, cut, moment_us, us
-
-_RAW_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # one encoder for every record
 
 
 def coverage(db: sqlite3.Connection, serial: str) -> int | None:
@@ -41,7 +39,7 @@ def write_poll(db: sqlite3.Connection, poll: PollRecord) -> int:
         "covered_from_us = min(covered_from_us, excluded.covered_from_us)",
         (serial, chatbot, poll.covered_from_us, now))
     flagged = [(lead, 1) for lead, _ in notify] + [(lead, 0) for lead in poll.silent]
-    rows = [(serial, lead.key.session_id, lead.key.created_us, chatbot, lead.type, _RAW_JSON(lead.raw), now, notified)
+    rows = [(serial, lead.key.session_id, lead.key.created_us, chatbot, lead.type, encode_raw(lead.raw), now, notified)
             for lead, notified in flagged]
     db.executemany(
         "INSERT OR IGNORE INTO leads (serial, session_id, created_us, chatbot, type, raw, "

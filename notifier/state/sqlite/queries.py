@@ -4,7 +4,6 @@ written to the delivery ledger. Functions of an open connection; the backend own
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +20,7 @@ from ..records import (
     Unsettled,
     webhook_id,
 )
+from ..rows import decode_raw
 from ..times import seconds, us
 from .polls import next_batch
 
@@ -106,7 +106,7 @@ def find_leads(db: sqlite3.Connection, query: LeadQuery, limit: int, with_attemp
     leads: dict[int, LeadRecord] = {}
     for lead_id, serial, chatbot, kind, session, created_us, detected_us, notified, raw in rows:
         leads[lead_id] = LeadRecord(lead_id, serial, chatbot, kind, session, created_us, seconds(detected_us),
-                                    bool(notified), decode(raw))
+                                    bool(notified), decode_raw(raw))
     for lead_id, sink, state, attempts, last_error in _in(
             db, "SELECT lead_id, sink, state, attempts, last_error FROM outbox WHERE lead_id IN ({}) ORDER BY sink",
             list(leads)):
@@ -170,11 +170,3 @@ def _in(db: sqlite3.Connection, sql: str, ids: list[int], params: Sequence[Any] 
         marks = ",".join(f"?{i}" for i in range(len(params) + 1, len(params) + len(chunk) + 1))
         rows += db.execute(sql.format(marks), (*params, *chunk)).fetchall()
     return rows
-
-
-def decode(raw: str) -> dict[str, Any]:
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
