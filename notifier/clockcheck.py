@@ -72,6 +72,20 @@ class ClockCheck:
         return wall
 
 
+SHARED_BOUND = 10.0  # seconds this host's clock may differ from a shared state's server
+
+
+def shared_clock_problem(offset: float | None) -> str | None:
+    """Several instances judge a delivery's lease (180 s) by their own clocks: a host far off
+    the others could send a delivery another one is still sending. The server's clock is the
+    common reference; a few seconds are harmless, more is worth an operator's look."""
+    if offset is None or abs(offset) <= SHARED_BOUND:
+        return None
+    side = "ahead of" if offset > 0 else "behind"
+    return (f"this host's clock is {abs(offset):.0f} s {side} the state database server's: instances on several "
+            "hosts judge delivery leases by their own clocks (fix NTP; beyond the lease a delivery may be sent twice)")
+
+
 def _span(seconds: float) -> str:
     seconds = abs(seconds)
     if seconds >= 2 * 86400:

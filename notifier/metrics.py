@@ -65,6 +65,8 @@ class Metrics:
         self.instances_live = Gauge(PREFIX + "instances_live", "Daemons alive on this state (several share a "
                                     "PostgreSQL state)", registry=r)
         self.chatbots_owned = Gauge(PREFIX + "chatbots_owned", "Chatbots this instance polls", registry=r)
+        self.clock_offset = Gauge(PREFIX + "state_clock_offset_seconds", "This host's wall clock minus the shared "
+                                  "state database server's, at the last heartbeat (PostgreSQL)", registry=r)
         self.takeovers = Counter(PREFIX + "ownership_takeovers", "Chatbots taken over from an instance whose "
                                  "ownership lapsed (it died or was cut off)", registry=r)
         self._outbox: _OutboxCollector | None = None

@@ -21,7 +21,7 @@ from asyncio_throttle.throttler import Throttler
 
 from ._version import USER_AGENT
 from .api import LeadListClient, make_throttler, set_rate
-from .clockcheck import ClockCheck
+from .clockcheck import ClockCheck, shared_clock_problem
 from .config import Config
 from .dispatcher import ATTEMPT_DEADLINE, LEASE, Dispatcher
 from .exceptions import ConfigError, NotifierError, StateError
@@ -87,6 +87,7 @@ class Service:
         self._throttler: Throttler | None = None  # the vendor's rate limit, this instance's part of it
         self._pending = 0  # deliveries pending at the last beat
         self._heartbeat_problem: str | None = None
+        self._clock_offset_problem: str | None = None
         self.http: aiohttp.ClientSession | None = None  # the sinks'
         self.api_http: aiohttp.ClientSession | None = None  # the vendor's: its own pool, never starved by sinks
         self.pollers: list[ChatbotPoller] = []
@@ -213,6 +214,8 @@ class Service:
             found.append(f"delivery: {self.dispatcher.problem}")
         if self.clocks.problem is not None:
             found.append(f"clock: {self.clocks.problem}")
+        if self._clock_offset_problem is not None:
+            found.append(f"clock: {self._clock_offset_problem}")
         return found
 
     async def run(self, *, install_signals: bool = True) -> None:
@@ -404,6 +407,8 @@ class Service:
             async with asyncio.timeout(deadline):  # a database that hangs never stops the watchdog
                 problem = await self.store.heartbeat(self.clock().timestamp(), self._status())
                 self._pending = sum(c.pending for c in (await self.store.sink_counts()).values())
+                if self.store.clock_offset is not None:
+                    self._watch_clock_offset(self.store.clock_offset)
                 if self.owned is not None:  # a shared state: how many share it
                     live = await self.store.instances(self.clock().timestamp())
                     self.metrics.instances_live.set(sum(i.alive for i in live))
@@ -422,6 +427,16 @@ class Service:
                 log.warning("state file is back; polls and deliveries resume")
             if self.dispatcher is not None:
                 self.dispatcher.wake()
+
+    def _watch_clock_offset(self, offset: float) -> None:
+        self.metrics.clock_offset.set(offset)
+        problem = shared_clock_problem(offset)
+        if (problem is None) != (self._clock_offset_problem is None):
+            if problem is not None:
+                log.warning("clocks disagree", problem=problem)
+            else:
+                log.info("this host's clock agrees with the state database server's again", offset=round(offset, 3))
+        self._clock_offset_problem = problem
 
     def _status(self) -> dict[str, Any]:
         """What `status` shows of a running daemon: its problems and each chatbot's polls."""

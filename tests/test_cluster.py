@@ -7,14 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import urlsplit
+
+import pytest
+import structlog
 
 from notifier import admin
 from notifier.config import load_config
 from notifier.service import Service
 from notifier.simulator import Simulator
+from notifier.state.postgres import registry
 
 from .conftest import SERIAL_A, SERIAL_B, Receiver, until, write_config
 from .state.pg import database_url, direct_url, fresh_database
@@ -122,3 +128,23 @@ async def test_an_instance_cut_off_from_the_database_stops_polling_and_the_other
                 service.stop()
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
             await proxy.close()
+
+
+async def test_a_host_clock_far_from_the_servers_is_reported(
+        simulator: tuple[Simulator, str], receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Delivery leases are judged by each host's clock: a host 2 minutes off the database server
+    (and so off the other instances) is named in readiness and /metrics, and logged once."""
+    _, api = simulator
+    real = time.time
+    monkeypatch.setattr(registry, "time", SimpleNamespace(time=lambda: real() + 120))
+    async with fresh_database() as url:
+        config = load_config(write_config(tmp_path, api, receiver.url, state=f'url = "{url}"'))
+        service = Service(config)
+        with structlog.testing.capture_logs() as logged:
+            assert await service.once() == []
+        offset = service.metrics.registry.get_sample_value("smarterbot_notifier_state_clock_offset_seconds")
+        assert offset is not None and 115 < offset < 125
+        assert [p for p in service.problems() if p.startswith("clock:")] == [
+            "clock: this host's clock is 120 s ahead of the state database server's: instances on several hosts "
+            "judge delivery leases by their own clocks (fix NTP; beyond the lease a delivery may be sent twice)"]
+        assert [e["event"] for e in logged].count("clocks disagree") == 1

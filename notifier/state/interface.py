@@ -42,6 +42,9 @@ class State(Protocol):
     """Where the state lives, fit for a log line: a path, or a URL without its password."""
     takeovers: int
     """Chatbots this instance took over from one whose ownership had lapsed (a dead instance)."""
+    clock_offset: float | None
+    """A shared state: this host's wall clock minus the database server's at the last heartbeat
+    (several hosts judge delivery leases by their own clocks); None for a state of one's own."""
 
     @property
     def problem(self) -> str | None:

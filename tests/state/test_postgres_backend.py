@@ -22,7 +22,7 @@ from notifier.state.postgres.processes import PROCESS_TABLE
 from notifier.state.postgres.schema import MARKER, SCHEMA_VERSION
 
 from ..conftest import until
-from .engines import LEASE, dead, flat, lead
+from .engines import LEASE, dead, done, flat, lead
 from .engines import poll as poll_at_t0
 from .pg import ADMIN_URL, database_url, direct_url, disconnect_everyone, fresh_database, run_sql
 from .proxy import FreezingProxy
@@ -81,7 +81,8 @@ async def test_a_newer_schema_is_refused_and_left_untouched(url: str) -> None:
     await (await PostgresState.open(url, "daemon")).close()
     await run_sql(url, f"UPDATE {MARKER} SET version = %s", (SCHEMA_VERSION + 1,))
     for role in ("daemon", "operator", "sender"):
-        with pytest.raises(StateError, match=r"newer smarterbot-notifier \(schema 2 > 1\)") as raised:
+        newer = rf"newer smarterbot-notifier \(schema {SCHEMA_VERSION + 1} > {SCHEMA_VERSION}\)"
+        with pytest.raises(StateError, match=newer) as raised:
             await PostgresState.open(url, role)
         assert not isinstance(raised.value, StateUnavailable)
     assert await run_sql(url, f"SELECT version FROM {MARKER}") == [(SCHEMA_VERSION + 1,)]
@@ -194,6 +195,13 @@ async def test_instances_claiming_at_once_never_take_the_same_delivery(url: str,
     assert len(claimed) == len(set(claimed)) == 200
 
 
+async def age(url: str, state: PostgresState, seconds: float) -> None:
+    """An instance that stopped showing signs of life `seconds` ago (killed, or cut off): its row
+    as it would be then, on the server's clock (the one liveness is judged by)."""
+    await run_sql(url, "UPDATE instances SET seen_us = seen_us - %s WHERE id = %s",
+                  (int(seconds * 1_000_000), state.instance))
+
+
 async def test_claims_of_an_instance_gone_are_released_and_live_ones_kept(
         url: str, opened: list[PostgresState]) -> None:
     gone, live, starting = [await PostgresState.open(url, "daemon") for _ in range(3)]
@@ -204,18 +212,57 @@ async def test_claims_of_an_instance_gone_are_released_and_live_ones_kept(
     by_live = {d.id for d in flat(await live.claim(now, {"crm": 2}, lease=LEASE))}
     by_starting = {d.id for d in flat(await starting.claim(now, {"crm": 2}, lease=LEASE))}
     assert len(by_gone | by_live | by_starting) == 6  # SKIP LOCKED and leases: nobody took another's
-    await gone.heartbeat(now - 100, {"chatbots": 1})  # its last beat, long ago: it was killed
+    await gone.heartbeat(now, {"chatbots": 1})
     await live.heartbeat(now, {"chatbots": 2})
+    await age(url, gone, 100)  # its last sign of life, long ago: it was killed
 
     assert await starting.release_claims(now) == 2
     alive = {i.id: i.alive for i in await starting.instances(now)}
     assert alive == {gone.instance: False, live.instance: True, starting.instance: True}
     assert {d.id for d in flat(await starting.claim(now, {"crm": 10}, lease=LEASE))} == by_gone
-    # much later nobody else beat: the others' claims are released, never this process's own
-    assert await starting.release_claims(now + 1000) == 2
+    # later the live one stopped too: its claims are released, never this process's own
+    await age(url, live, 100)
+    assert await starting.release_claims(now + 1) == 2
     due = {row.id: row.next_at for row in await starting.outbox(state="pending")}
-    assert {i for i, at in due.items() if at == now + 1000} == by_live
+    assert {i for i, at in due.items() if at == now + 1} == by_live
     assert {i for i, at in due.items() if at == now + LEASE} == by_gone | by_starting
+
+
+async def test_whether_an_instance_lives_does_not_depend_on_whose_clock_judges(
+        url: str, opened: list[PostgresState]) -> None:
+    """Hosts whose clocks disagree: one 1000 s behind (its heartbeats carry its own time), one
+    1000 s ahead (it judges the others). Judged by the hosts' clocks the first looked dead and its
+    claims, still being sent, were released to be sent again; on the server's clock it lives."""
+    behind, ahead = [await PostgresState.open(url, "daemon") for _ in range(2)]
+    opened += [behind, ahead]
+    now = wall()
+    await behind.record_poll(poll(now - 1000, [(lead(1), ("crm",))]))
+    claimed = flat(await behind.claim(now - 1000, {"crm": 1}, lease=LEASE))
+    await behind.heartbeat(now - 1000, {"chatbots": 1})
+    assert await ahead.release_claims(now + 1000) == 0
+    assert {i.id: i.alive for i in await ahead.instances(now + 1000)} == {behind.instance: True, ahead.instance: True}
+    await behind.settle([done(claimed[0].id, at=now - 999)])
+    assert await ahead.sink_counts() == {"crm": SinkCounts(done=1)}
+    assert behind.clock_offset is not None and abs(behind.clock_offset) < 5  # the same host: the real clocks agree
+
+
+async def test_a_version_1_database_is_upgraded_and_its_instances_judged_as_before(
+        url: str, opened: list[PostgresState]) -> None:
+    """Version 2 added `instances.seen_us`. An instance still running version 1 during a rolling
+    upgrade never writes it: it is judged by its own heartbeat (else a new instance would take it
+    for dead and release its claims while it sends them)."""
+    first = await PostgresState.open(url, "daemon")
+    await first.close()
+    await run_sql(url, "ALTER TABLE instances DROP COLUMN seen_us")
+    await run_sql(url, f"UPDATE {MARKER} SET version = 1")
+    await run_sql(url, "INSERT INTO instances (id, host, pid, version, started_us, heartbeat_us) "
+                       "VALUES ('old:1:a', 'old', 1, '0.9', %s, %s)", (int(wall() * 1e6),) * 2)
+    upgraded = await PostgresState.open(url, "daemon")
+    opened.append(upgraded)
+    assert await run_sql(url, f"SELECT version FROM {MARKER}") == [(SCHEMA_VERSION,)]
+    now = wall()
+    assert {i.id: i.alive for i in await upgraded.instances(now)}["old:1:a"] is True
+    assert {i.id: i.alive for i in await upgraded.instances(now + 100)}["old:1:a"] is False  # its own clock
 
 
 async def test_a_daemon_is_listed_from_its_start_and_after_its_stop(url: str, opened: list[PostgresState]) -> None:

@@ -51,11 +51,11 @@ from ..records import (
 from ..times import moment_us, us
 from . import deliveries, ownership, polls, queries, registry, schema
 from .deadline import bounded
-from .deliveries import LIVE
 from .errors import FAILURES, UNAVAILABLE, Where
 from .groupcommit import PollGroups
 from .listener import Listener, read_counter
 from .moving import export, import_snapshot
+from .processes import LIVE
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -89,6 +89,7 @@ class PostgresState:
         self._groups = PollGroups(self._record_group)
         self.insist_on_sync = True  # SET LOCAL synchronous_commit = on when recording (not if the server says so)
         self.takeovers = 0  # chatbots taken over from an instance whose lease had run out
+        self.clock_offset: float | None = None  # this host's wall clock minus the server's, at the last beat
         # an operator's query has a deadline too (`state migrate`'s copy takes as long as it takes)
         self.deadline: float | None = (CALL_DEADLINE if self._registers else
                                        None if role == "migrate" else OPERATOR_DEADLINE)
@@ -322,7 +323,7 @@ class PostgresState:
 
     # -- coordination -------------------------------------------------------------------
     async def heartbeat(self, now: float, status: Mapping[str, Any]) -> str | None:
-        await self._tx("writing the heartbeat", registry.heartbeat, self.instance, now, status)
+        self.clock_offset = await self._tx("writing the heartbeat", registry.heartbeat, self.instance, now, status)
         return self.problem
 
     async def own(self, serials: Collection[str], now: float) -> frozenset[str] | None:

@@ -19,10 +19,9 @@ from ...types import Delivery
 from ..records import Outcome
 from ..rows import DELIVERY_COLUMNS, delivery
 from ..times import cut, seconds, us
-from .processes import PROCESS_TABLE
+from .processes import PROCESS_TABLE, SERVER_NOW_US, alive
 
 Conn = AsyncConnection[Any]
-LIVE = 30.0  # seconds: an instance whose last heartbeat is older is gone, and its claims are due again
 FORGOTTEN = 86_400.0  # seconds: an instance gone this long is no longer listed
 
 # every sink at once, each oldest first, served by the outbox_pending index (sink, next_at_us);
@@ -37,6 +36,11 @@ _ONLY = "AND o.id = ANY(%(only)s::bigint[]) "
 _BATCHES = (f"SELECT {DELIVERY_COLUMNS} FROM outbox o JOIN leads l ON l.id = o.lead_id "  # noqa: S608
             "WHERE (o.sink, o.batch) IN (SELECT * FROM unnest(%(sinks)s::text[], %(batches)s::bigint[])) "
             "AND o.state = 'pending' AND o.next_at_us <= %(now)s ORDER BY o.id FOR UPDATE OF o SKIP LOCKED")
+_RELEASE = ("UPDATE outbox o SET next_at_us = %(now)s, claim = NULL "  # noqa: S608 - constants only
+            "WHERE o.claim IS NOT NULL AND o.claim <> %(me)s "
+            f"AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = o.claim AND {alive('i', '%(now)s')})")
+_FORGET = ("DELETE FROM instances WHERE id <> %(me)s AND CASE WHEN seen_us IS NOT NULL "  # noqa: S608
+           f"THEN seen_us < {SERVER_NOW_US} - %(forgotten)s ELSE heartbeat_us < %(now)s - %(forgotten)s END")
 _LEDGER_OUTCOME = {"done": "delivered", "retry": "retry", "dead": "dead"}
 
 
@@ -148,10 +152,10 @@ async def ledger(conn: Conn, rows: Sequence[tuple[int, float, str, str | None, s
 
 
 async def release_claims(conn: Conn, now_us: int, instance: str) -> int:
-    """Claims of instances that are gone (no heartbeat for LIVE seconds, stopped, or — in our own
-    table of processes: this boot, this pid namespace — whose process no longer exists, so a
-    daemon restarted at once after a kill -9 does not wait out the lease) are due now; never this
-    process's own, nor a live instance's. Instances gone for FORGOTTEN go."""
+    """Claims of instances that are gone (no sign of life for LIVE seconds by the server's clock,
+    stopped, or — in our own table of processes: this boot, this pid namespace — whose process no
+    longer exists, so a daemon restarted at once after a kill -9 does not wait out the lease) are
+    due now; never this process's own, nor a live instance's. Instances gone for FORGOTTEN go."""
     dead: list[str] = []
     if PROCESS_TABLE:
         cursor = await conn.execute("SELECT id, pid FROM instances WHERE processes = %s AND id <> %s "
@@ -159,14 +163,9 @@ async def release_claims(conn: Conn, now_us: int, instance: str) -> int:
         dead = [other for other, pid in await cursor.fetchall() if not _running(int(pid))]
     if dead:
         await conn.execute("UPDATE instances SET stopped_us = %s WHERE id = ANY(%s::text[])", (now_us, dead))
-    cursor = await conn.execute(
-        "UPDATE outbox o SET next_at_us = %(now)s, claim = NULL WHERE o.claim IS NOT NULL AND o.claim <> %(me)s "
-        "AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = o.claim AND i.stopped_us IS NULL "
-        "AND i.heartbeat_us >= %(live)s)",
-        {"now": now_us, "me": instance, "live": now_us - us(LIVE)})
+    cursor = await conn.execute(_RELEASE, {"now": now_us, "me": instance})
     released = cursor.rowcount
-    await conn.execute("DELETE FROM instances WHERE id <> %s AND heartbeat_us < %s",
-                       (instance, now_us - us(FORGOTTEN)))
+    await conn.execute(_FORGET, {"me": instance, "now": now_us, "forgotten": us(FORGOTTEN)})
     return released
 
 

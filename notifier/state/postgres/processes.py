@@ -18,3 +18,16 @@ def process_table() -> str:
 
 
 PROCESS_TABLE = process_table()
+
+LIVE = 30.0  # seconds: an instance with no sign of life for longer is gone, and its claims are due again
+SERVER_NOW_US = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"  # the database server's clock
+
+
+def alive(alias: str, host_now: str) -> str:
+    """SQL: whether the instance row `alias` is alive. Judged on the server's clock (`seen_us`),
+    so hosts whose clocks disagree agree on it; a row without `seen_us` (written by a version 1
+    instance during a rolling upgrade) by its own heartbeat against `host_now` (a parameter), as
+    version 1 did."""
+    return (f"({alias}.stopped_us IS NULL AND CASE WHEN {alias}.seen_us IS NOT NULL "
+            f"THEN {alias}.seen_us >= {SERVER_NOW_US} - {int(LIVE * 1_000_000)} "
+            f"ELSE {alias}.heartbeat_us >= {host_now} - {int(LIVE * 1_000_000)} END)")

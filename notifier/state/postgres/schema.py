@@ -12,6 +12,11 @@ epoch; the raw record is text, byte for byte (not jsonb, which would reorder and
 ids are identity columns that take explicit values (`state migrate` keeps them); digest batch
 ids come from a sequence; `instances` holds the processes that use the state (heartbeat, status);
 `changes` counts operator changes (listener.py: what a daemon reads when a notification is lost).
+
+Version 2: `instances.seen_us`, each process's last sign of life on the server's clock, so that
+whether an instance is alive (and its claims may be released) does not depend on which host's
+clock judges it. Rows without it (an instance of version 1 still running in a rolling upgrade)
+are judged by their own heartbeat, as before.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from psycopg import AsyncConnection
 from ...exceptions import StateMissing
 from .errors import Where
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LOCK = 0x53424E31  # "SBN1": the advisory lock migrations take, the same number in every instance
 MARKER = "smarterbot_notifier_schema"  # its one row is the schema version
 BATCHES = "outbox_batches"  # the digest batch id sequence
@@ -86,7 +91,8 @@ _CREATE = (
         stopped_us bigint,
         status text,
         processes text NOT NULL DEFAULT '',
-        owning_us bigint
+        owning_us bigint,
+        seen_us bigint
     )""",
     "CREATE TABLE paces (sink text PRIMARY KEY, next_us bigint NOT NULL)",
     """CREATE TABLE owners (
@@ -107,8 +113,10 @@ _CREATE = (
     "CREATE INDEX attempts_by_time ON attempts (at_us)",
 )
 
-# Each step takes a database from version n to n + 1 (none yet: version 1 is the first).
-_STEPS: dict[int, tuple[str, ...]] = {}
+# Each step takes a database from version n to n + 1.
+_STEPS: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE instances ADD COLUMN seen_us bigint",),
+}
 _NOW_US = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
 
 

@@ -52,6 +52,7 @@ class SQLiteState:
         self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.description = str(path)
         self.takeovers = 0  # one daemon per file: nothing to take over
+        self.clock_offset: float | None = None  # one host: no other clock to disagree with
         self._recorder = Recorder(self.file)
         self._started = 0.0
 
