@@ -18,6 +18,7 @@ import structlog
 
 from notifier import admin
 from notifier.config import load_config
+from notifier.health import readiness
 from notifier.service import Service
 from notifier.simulator import Simulator
 from notifier.state.postgres import registry
@@ -148,3 +149,40 @@ async def test_a_host_clock_far_from_the_servers_is_reported(
             "clock: this host's clock is 120 s ahead of the state database server's: instances on several hosts "
             "judge delivery leases by their own clocks (fix NTP; beyond the lease a delivery may be sent twice)"]
         assert [e["event"] for e in logged].count("clocks disagree") == 1
+
+
+async def test_each_instances_readiness_speaks_for_the_chatbots_it_polls(
+        simulator: tuple[Simulator, str], receiver: Receiver, tmp_path: Path) -> None:
+    """One chatbot's key is revoked: only the instance polling it is unready, and it names it;
+    the other is ready, although the failing chatbot is in its config too."""
+    sim, api = simulator
+    sim.fail(serial=SERIAL_B, times=10**6, status=200,
+             envelope={"Success": False, "Code": 401, "Message": "secret key revoked", "Data": None})
+    async with fresh_database() as url:
+        services: list[Service] = []
+        tasks: list[asyncio.Task[None]] = []
+        for name in ("one", "two"):
+            directory = tmp_path / name
+            directory.mkdir()
+            config = load_config(write_config(directory, api, receiver.url, state=f'url = "{url}"'))
+            services.append(Service(config, beat_interval=0.5))
+            tasks.append(asyncio.create_task(services[-1].run(install_signals=False)))
+        try:
+            await until(lambda: all(s.owned is not None and len(s.owned) == 1 for s in services), timeout=20,
+                        what="one chatbot each")
+            polling_a = next(s for s in services if s.owned == frozenset({SERIAL_A}))
+            polling_b = next(s for s in services if s.owned == frozenset({SERIAL_B}))
+
+            def verdicts() -> tuple[tuple[int, list[dict[str, str]]], ...]:
+                now = datetime.now(UTC)
+                return tuple(readiness(s._answerable(), now) for s in (polling_a, polling_b))
+
+            await until(lambda: verdicts()[0][0] == 0 and verdicts()[1][0] == 1, timeout=20,
+                        what="the instance polling beta unready, the other ready")
+            (_, none), (_, named) = verdicts()
+            assert none == [] and [c["chatbot"] for c in named] == ["beta"]
+            assert "secret key revoked" in named[0]["reason"]
+        finally:
+            for service in services:
+                service.stop()
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 20)
