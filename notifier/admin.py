@@ -14,6 +14,7 @@ from .config import Config
 from .exceptions import NotifierError, UsageError
 from .health import verdict
 from .leads import from_micros
+from .sinks import SinkConfig
 from .state import OutboxRow, Parked, SinkCounts, Unsettled, open_state
 from .text import safe_json, safe_text, scrubbed
 
@@ -70,7 +71,7 @@ async def status(config: Config, now: datetime) -> dict[str, Any]:
     for name in [*config.sinks, *sorted(set(counts) - set(config.sinks))]:
         count = counts.get(name, SinkCounts())
         sinks.append({"name": name, "pending": count.pending, "held": count.held, "dead": count.dead}
-                     | ({} if name in config.sinks else {"note": "not in the config"}))
+                     | ({"note": "not in the config"} if name not in config.sinks else _hours(config.sinks[name], now)))
     written = _moment(live.get("written"))
     data: dict[str, Any] = {
         "now": wording.iso(now),
@@ -124,8 +125,20 @@ def print_status(data: dict[str, Any], out: IO[str]) -> None:
         (safe_text(s["name"], 40), str(s["pending"]), str(s["held"]), str(s["dead"]), s.get("note", ""))
         for s in data["sinks"]], out)
     if any(s["held"] for s in data["sinks"]):
-        print("\nheld by the flood guard: `outbox list --held` to see them, `outbox retry --held` to send them, "
+        print("\nheld by the flood guard, or waiting for a sink's active hours (sent when they begin): "
+              "`outbox list --held` to see them and why, `outbox retry --held` to send them now, "
               "`outbox purge --held` to drop them", file=out)
+
+
+def _hours(sink: SinkConfig, now: datetime) -> dict[str, str]:
+    """A sink with active hours: which, and (outside them) until when its deliveries wait."""
+    hours = sink.active_hours
+    if hours is None:
+        return {}
+    found = {"active_hours": hours.describe()}
+    if not hours.is_open(now):
+        found["note"] = f"outside active hours until {hours.next_open(now).astimezone(hours.zone):%a %H:%M}"
+    return found
 
 
 def table(rows: Sequence[tuple[str, ...]], out: IO[str]) -> None:
@@ -161,7 +174,8 @@ async def outbox_list(config: Config, out: IO[str], *, state: Unsettled, sink: s
     table(lines, out)
     shown = f"{len(rows)} of {total} {state} deliveries (the oldest; --limit shows more)" if len(rows) < total \
         else wording.plural(len(rows), f"{state} delivery", f"{state} deliveries")
-    print(shown + (f" ({held} more held by the flood guard: --held)" if state == "pending" and held else ""), file=out)
+    print(shown + (f" ({held} more held, by the flood guard or for active hours: --held)"
+                   if state == "pending" and held else ""), file=out)
     return len(rows)
 
 

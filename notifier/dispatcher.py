@@ -20,6 +20,7 @@ from .redact import scrub
 from .state import Outcome, State
 from .text import safe_text
 from .types import Clock, Delivery, Sink
+from .waiting import HoursGate
 
 log = structlog.get_logger("notifier.dispatcher")
 
@@ -38,7 +39,7 @@ class Dispatcher:
                  clock: Clock, metrics: Metrics | None = None,
                  state_retry: tuple[float, float] = STATE_RETRY, external_check: float = EXTERNAL_CHECK,
                  only: Collection[int] | None = None, lease: float = LEASE,
-                 attempt_deadline: float = ATTEMPT_DEADLINE) -> None:
+                 attempt_deadline: float = ATTEMPT_DEADLINE, hours: HoursGate | None = None) -> None:
         self.metrics = metrics
         self.store = store
         self.sinks = dict(sinks)
@@ -58,6 +59,7 @@ class Dispatcher:
         self.lease = lease
         self.attempt_deadline = attempt_deadline
         self.only = only  # just these outbox ids (a replay without a daemon): nothing else is sent
+        self.hours = hours or HoursGate({}, {})  # sinks' active hours: outside them deliveries wait
         self.problem: str | None = None  # the state refuses writes: nothing new is sent
         self._problem_since = 0.0
         self._write_failures = 0
@@ -107,12 +109,23 @@ class Dispatcher:
         """Each sink is asked on its own, in order, for what concurrency leaves: a backlog on one
         paced sink never starves the others, and nothing is claimed that cannot start now."""
         loop = asyncio.get_running_loop()
-        now = self.clock().timestamp()
+        moment = self.clock()
+        now = moment.timestamp()
         started = 0
+        if self.hours and (opened := self.hours.opened(moment)):
+            await self._release_waiting(opened)
         for name, sink in self.sinks.items():
             free = self.config.concurrency - len(self._tasks)
             if free <= 0:
                 break
+            opens = self.hours.closed(name, moment) if self.hours else None
+            if opens is not None:  # outside its hours: what is due waits (an operator's sends go)
+                for group in await self.store.claim(now, {name: free}, lease=self.lease, only=self.only):
+                    if all(d.any_hour for d in group):
+                        started += self._start(name, group)
+                    else:
+                        self._outcomes.append(self.hours.wait(group, opens, moment))
+                continue
             if sink.min_interval > 0:  # paced: one message at a time, min_interval apart
                 if self._per_sink.get(name):
                     continue
@@ -127,12 +140,22 @@ class Dispatcher:
                     continue
                 free = 1
             for group in await self.store.claim(now, {name: free}, lease=self.lease, only=self.only):
-                self._per_sink[name] = self._per_sink.get(name, 0) + 1
-                task = asyncio.create_task(self._deliver(group), name=f"deliver-{group[0].id}")
-                self._tasks.add(task)
-                task.add_done_callback(self._finished)
-                started += 1
+                started += self._start(name, group)
         return started
+
+    def _start(self, name: str, group: Sequence[Delivery]) -> int:
+        self._per_sink[name] = self._per_sink.get(name, 0) + 1
+        task = asyncio.create_task(self._deliver(group), name=f"deliver-{group[0].id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+        return 1
+
+    async def _release_waiting(self, sinks: Mapping[str, int | None]) -> None:
+        """Deliveries that waited for these sinks' hours go on now (a digest where many wait)."""
+        released = await self.store.release_waiting(self.clock().timestamp(), sinks)
+        if released:
+            log.info("active hours began; deliveries that waited are sent now", sinks=sorted(sinks),
+                     deliveries=released)
 
     async def flush(self, *, last: bool = False) -> None:
         """Write the outcomes of finished attempts in one transaction per loop turn, not one per
@@ -254,7 +277,9 @@ class Dispatcher:
         except StateError as exc:
             self._state_failed(str(exc))
             return await self._idle_wait()
-        return IDLE_RECHECK if next_at is None else min(IDLE_RECHECK, max(0.0, next_at - now))
+        wait = IDLE_RECHECK if next_at is None else min(IDLE_RECHECK, max(0.0, next_at - now))
+        change = self.hours.next_change(self.clock()) if self.hours else None
+        return wait if change is None else min(wait, change)
 
     async def abort(self) -> None:
         """Stop now (`once` interrupted): what is in flight is cancelled and released untried;
@@ -284,6 +309,8 @@ class Dispatcher:
         try:
             released = await self.store.release_claims(now)
             moved = await self.store.pull_in(now, now + MAX_RETRY_AFTER + self.config.backoff_max)
+            # left waiting by another instance, or for hours a reload has since changed
+            await self._release_waiting(self.hours.open_now(self.clock(), list(self.sinks)))
         except StateError:
             return  # the loop's own handling says so
         if released:

@@ -36,6 +36,7 @@ from .state.records import OWNERSHIP_HOLDS
 from .supervisor import Supervisor
 from .systemd import Notifier
 from .types import Clock, Sink
+from .waiting import HoursGate
 
 log = structlog.get_logger("notifier.service")
 HEARTBEAT_DEADLINE = 5.0  # seconds one heartbeat may take before it counts as a state problem
@@ -112,7 +113,8 @@ class Service:
                                               headers={"User-Agent": USER_AGENT})
         lease, deadline = lease_for(self.config)
         self.dispatcher = Dispatcher(self.store, self._sinks(self.config), self.config.delivery, self.clock,
-                                     self.metrics, lease=lease, attempt_deadline=deadline)
+                                     self.metrics, lease=lease, attempt_deadline=deadline,
+                                     hours=HoursGate.of(self.config.sinks))
         self.pollers = self._pollers(self.config, {})
         store = self.store
         self.metrics.watch_outbox(store.sink_counts, lambda: list(self.config.sinks))
@@ -310,6 +312,7 @@ class Service:
             log.error("reload failed; the running config stays", error=f"{type(exc).__name__}: {exc}")
             return False
         self.dispatcher.sinks = sinks
+        self.dispatcher.hours = HoursGate.of(new.sinks)  # judged anew: what waits for a changed sink is looked at
         self.dispatcher.config = new.delivery
         self.dispatcher.lease, self.dispatcher.attempt_deadline = lease_for(new)
         self.config = new

@@ -65,6 +65,7 @@ class Delivery:
     detected_at: datetime
     attempts: int = 0
     batch: int | None = None  # deliveries of one poll sent together as a digest
+    any_hour: bool = False  # an operator sent it on while its sink was outside its active hours
 
     @property
     def webhook_id(self) -> str:

@@ -66,7 +66,7 @@ async def test_a_flood_digests_for_people_delivers_to_machines_and_holds_on_requ
 
     listing = io.StringIO()
     await outbox_list(config, listing, state="pending", sink=None, as_json=False)
-    assert "0 pending deliveries (30 more held by the flood guard: --held)" in listing.getvalue()
+    assert "0 pending deliveries (30 more held, by the flood guard or for active hours: --held)" in listing.getvalue()
 
     # a second run does not send held deliveries; `outbox retry --held` releases them as one summary
     assert await Service(config, stdout=screen).once() == []

@@ -11,6 +11,7 @@ from email.utils import parsedate_to_datetime
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
+from ..activehours import ActiveHours, read_active_hours
 from ..exceptions import PermanentError, RetryableError
 from ..types import LEAD_TYPES, Clock, Delivery, LeadType
 
@@ -33,6 +34,7 @@ class SinkConfig:
     digest_after: int | None = None  # more new leads than this in one poll: one summary message
     on_flood: OnFlood = "deliver"  # what the flood guard does to this sink
     redact: tuple[str, ...] = ()  # record fields masked in what this sink receives
+    active_hours: ActiveHours | None = None  # outside these, deliveries wait (held); None: always
     human: ClassVar[bool] = False  # people read it: it can summarise, and a flood digests by default
 
     def accepts(self, lead_type: str) -> bool:
@@ -52,6 +54,7 @@ class SinkConfig:
             "types": frozenset(table.text_list("types", LEAD_TYPES, choices=LEAD_TYPES)),
             "on_flood": on_flood,
             "redact": table.text_list("redact", (), choices=REDACTABLE, allow_empty=True),
+            "active_hours": read_active_hours(table),  # in the sink's `timezone`
         }
 
     @staticmethod

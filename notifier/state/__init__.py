@@ -4,6 +4,7 @@ from .interface import State
 from .opening import Role, open_state, probe
 from .records import (
     INT64,
+    OUTSIDE_HOURS,
     Attempt,
     Instance,
     LeadQuery,
@@ -21,6 +22,6 @@ from .records import (
     webhook_id,
 )
 
-__all__ = ["INT64", "Attempt", "Instance", "LeadQuery", "LeadRecord", "Migrated", "OutboxRow", "Outcome", "Parked",
-           "PollRecord", "Requeued", "Role", "SinkCounts", "SinkState", "Snapshot", "State", "Unsettled",
-           "open_state", "probe", "webhook_id"]
+__all__ = ["INT64", "OUTSIDE_HOURS", "Attempt", "Instance", "LeadQuery", "LeadRecord", "Migrated", "OutboxRow",
+           "Outcome", "Parked", "PollRecord", "Requeued", "Role", "SinkCounts", "SinkState", "Snapshot", "State",
+           "Unsettled", "open_state", "probe", "webhook_id"]

@@ -97,6 +97,12 @@ class State(Protocol):
         """The outcomes of many attempts in one transaction (one per dispatcher turn), each with
         its ledger line. `force` writes even where `problem` forbids it (at exit)."""
 
+    async def release_waiting(self, now: float, sinks: Mapping[str, int | None]) -> int:
+        """The deliveries of these sinks held for their active hours (an Outcome `wait`) are due
+        now, oldest first; where more than `sinks[sink]` of one sink wait, as one digest batch
+        (None: one by one). Held for an operator (the flood guard) stay as they are. Returns how
+        many were released."""
+
     async def release_claims(self, now: float) -> int:
         """At start: deliveries claimed by processes that are gone are due now (never our own:
         they may be in flight)."""

@@ -12,7 +12,8 @@ from ..types import Lead, LeadKey
 
 OWNERSHIP_HOLDS = 6.0  # seconds an answer of State.own() may be relied on; engines' leases last longer
 Unsettled = Literal["pending", "held", "dead"]
-Parked = Literal["dead", "held"]  # only an operator moves a delivery out of these
+Parked = Literal["dead", "held"]  # only an operator moves a delivery out of these (or a sink's active hours)
+OUTSIDE_HOURS = "outside active hours"  # how a delivery waiting for its sink's hours begins its last_error
 INT64 = (-(2**63), 2**63 - 1)  # what the state's integer columns hold
 
 
@@ -37,10 +38,12 @@ class Outcome:
     """What became of one attempt of the claimed deliveries `ids` (one, or a digest's): delivered
     (`detail` is the receiver's receipt), to be retried at `next_at`, dead, or `release`d
     untried (our own shutdown cancelled it, or its sink was removed): due again at once, no
-    attempt counted, nothing in the ledger."""
+    attempt counted, nothing in the ledger. `wait`: not tried, its sink is outside its active
+    hours: held (`detail`, which begins with OUTSIDE_HOURS, says until when; `next_at` is when
+    the hours begin) until `State.release_waiting` sends it on; no attempt counted."""
 
     ids: tuple[int, ...]
-    state: Literal["done", "retry", "dead", "release"]
+    state: Literal["done", "retry", "dead", "release", "wait"]
     at: float
     next_at: float | None = None
     detail: str | None = None

@@ -274,6 +274,13 @@ class PostgresState:
     async def pace(self, sink: str, interval: float) -> float:
         return await self._tx("pacing a sink", ownership.pace, sink, interval)
 
+    async def release_waiting(self, now: float, sinks: Mapping[str, int | None]) -> int:
+        waiting = await self._read("reading waiting deliveries", deliveries.waiting_sinks, list(sinks)) if sinks else []
+        if not waiting:
+            return 0
+        return await self._tx("releasing waiting deliveries", deliveries.release_waiting, us(now),
+                              {sink: sinks[sink] for sink in waiting})
+
     async def pull_in(self, now: float, latest: float) -> int:
         return await self._tx("pulling in deliveries", deliveries.pull_in, us(now), us(latest))
 

@@ -17,8 +17,9 @@ from psycopg import AsyncConnection
 
 from ...types import Delivery
 from ..records import Outcome
-from ..rows import DELIVERY_COLUMNS, delivery
+from ..rows import DELIVERY_COLUMNS, WAITING, delivery
 from ..times import cut, seconds, us
+from .polls import next_batch
 from .processes import PROCESS_TABLE, SERVER_NOW_US, alive
 
 Conn = AsyncConnection[Any]
@@ -41,7 +42,7 @@ _RELEASE = ("UPDATE outbox o SET next_at_us = %(now)s, claim = NULL "  # noqa: S
             f"AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = o.claim AND {alive('i', '%(now)s')})")
 _FORGET = ("DELETE FROM instances WHERE id <> %(me)s AND CASE WHEN seen_us IS NOT NULL "  # noqa: S608
            f"THEN seen_us < {SERVER_NOW_US} - %(forgotten)s ELSE heartbeat_us < %(now)s - %(forgotten)s END")
-_LEDGER_OUTCOME = {"done": "delivered", "retry": "retry", "dead": "dead"}
+_LEDGER_OUTCOME = {"done": "delivered", "retry": "retry", "dead": "dead", "wait": "held"}
 
 
 async def claim(conn: Conn, now_us: int, wanted: Mapping[str, int], lease_us: int, instance: str,
@@ -126,6 +127,15 @@ async def settle(conn: Conn, outcomes: Sequence[Outcome], instance: str) -> None
             "updated_at_us = u.at FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS u(id, at, detail) "
             "WHERE o.id = u.id AND o.claim = %s",
             ([i for _, i in dead], [us(o.at) for o, _ in dead], [o.detail for o, _ in dead], instance))
+    if wait := of("wait"):
+        await conn.execute(
+            "UPDATE outbox o SET state = 'held', next_at_us = u.next_at, last_error = u.detail, claim = NULL, "
+            "batch = NULL, updated_at_us = u.at "
+            "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::text[]) AS u(id, at, next_at, detail) "
+            "WHERE o.id = u.id AND o.claim = %s",
+            ([i for _, i in wait], [us(o.at) for o, _ in wait],
+             [us(o.next_at if o.next_at is not None else o.at) for o, _ in wait], [o.detail for o, _ in wait],
+             instance))
     if release := of("release"):
         await conn.execute(
             "UPDATE outbox o SET next_at_us = u.at, claim = NULL FROM unnest(%s::bigint[], %s::bigint[]) AS u(id, at) "
@@ -143,12 +153,35 @@ async def ledger(conn: Conn, rows: Sequence[tuple[int, float, str, str | None, s
         return
     await conn.execute(
         "INSERT INTO attempts (lead_id, sink, at_us, attempt, outcome, status, detail) "
-        "SELECT o.lead_id, o.sink, u.at, o.attempts + 1, u.outcome, u.status, u.detail "
+        "SELECT o.lead_id, o.sink, u.at, o.attempts + (u.outcome <> 'held')::int, u.outcome, u.status, u.detail "
         "FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::text[]) WITH ORDINALITY "
         "AS u(id, at, outcome, status, detail, ord) JOIN outbox o ON o.id = u.id "
         "WHERE o.state = 'pending' AND (u.outcome = 'delivered' OR o.claim = %s) ORDER BY u.ord",
         ([i for i, *_ in rows], [us(at) for _, at, *_ in rows], [outcome for _, _, outcome, _, _ in rows],
          [cut(status, 200) for *_, status, _ in rows], [cut(detail, 500) for *_, detail in rows], instance))
+
+
+async def waiting_sinks(conn: Conn, sinks: Collection[str]) -> list[str]:
+    """Those of `sinks` with deliveries waiting for their active hours (one read; most find none)."""
+    cursor = await conn.execute(f"SELECT DISTINCT sink FROM outbox WHERE sink = ANY(%s::text[]) AND {WAITING}",  # noqa: S608
+                                (list(sinks),))
+    return [sink for (sink,) in await cursor.fetchall()]
+
+
+async def release_waiting(conn: Conn, now_us: int, sinks: Mapping[str, int | None]) -> int:
+    """As SQLite's: the deliveries waiting for these sinks' active hours are due now, oldest
+    first, as one digest batch where more than the sink's number wait."""
+    cursor = await conn.execute(f"SELECT sink, count(*) FROM outbox WHERE sink = ANY(%s::text[]) AND {WAITING} "  # noqa: S608
+                                "GROUP BY sink", (list(sinks),))
+    released = 0
+    for sink, count in await cursor.fetchall():
+        digest_over = sinks[sink]
+        batch = await next_batch(conn) if digest_over is not None and count > digest_over else None
+        cursor = await conn.execute(f"UPDATE outbox SET state = 'pending', next_at_us = %s, last_error = NULL, "  # noqa: S608
+                                    f"batch = %s, updated_at_us = %s WHERE sink = %s AND {WAITING}",
+                                    (now_us, batch, now_us, sink))
+        released += cursor.rowcount
+    return released
 
 
 async def release_claims(conn: Conn, now_us: int, instance: str) -> int:

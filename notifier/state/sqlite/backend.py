@@ -120,6 +120,13 @@ class SQLiteState:
     async def pace(self, sink: str, interval: float) -> float:
         return 0.0  # one daemon per file: its own pacing is all there is
 
+    async def release_waiting(self, now: float, sinks: Mapping[str, int | None]) -> int:
+        waiting = self.file.read(deliveries.waiting_sinks, list(sinks)) if sinks else []
+        if not waiting:
+            return 0
+        with self.file.transaction() as db:
+            return deliveries.release_waiting(db, us(now), {sink: sinks[sink] for sink in waiting})
+
     async def pull_in(self, now: float, latest: float) -> int:
         with self.file.transaction() as db:
             return deliveries.pull_in(db, us(now), us(latest))

@@ -11,8 +11,9 @@ from typing import Any
 
 from ...types import Delivery
 from ..records import Outcome
-from ..rows import DELIVERY_COLUMNS, delivery
+from ..rows import DELIVERY_COLUMNS, WAITING, delivery
 from ..times import cut, seconds, us
+from .polls import next_batch
 
 _ONLY = "AND o.id IN (SELECT value FROM json_each(?)) "
 # one sink at a time, oldest first: served in order by the outbox_pending index (sink, next_at_us)
@@ -21,7 +22,7 @@ _DUE = (f"SELECT {DELIVERY_COLUMNS} FROM outbox o JOIN leads l ON l.id = o.lead_
 _ANY_DUE = "SELECT 1 FROM outbox o WHERE o.state = 'pending' AND o.sink = ? AND o.next_at_us <= ? {only}LIMIT 1"
 _BATCH = (f"SELECT {DELIVERY_COLUMNS} FROM outbox o JOIN leads l ON l.id = o.lead_id "  # noqa: S608
           "WHERE o.batch = ? AND o.sink = ? AND o.state = 'pending' AND o.next_at_us <= ? ORDER BY o.id")
-_LEDGER_OUTCOME = {"done": "delivered", "retry": "retry", "dead": "dead"}
+_LEDGER_OUTCOME = {"done": "delivered", "retry": "retry", "dead": "dead", "wait": "held"}
 
 
 def _params(sink: str, now_us: int, only: Collection[int] | None) -> tuple[str, tuple[Any, ...]]:
@@ -85,6 +86,8 @@ def settle(db: sqlite3.Connection, outcomes: Sequence[Outcome], instance: str) -
              for o in outcomes if o.state == "retry" for i in o.ids]
     dead = [(o.detail, us(o.at), i, instance) for o in outcomes if o.state == "dead" for i in o.ids]
     release = [(us(o.at), i, instance) for o in outcomes if o.state == "release" for i in o.ids]
+    wait = [(us(o.next_at if o.next_at is not None else o.at), o.detail, us(o.at), i, instance)
+            for o in outcomes if o.state == "wait" for i in o.ids]
     ledger(db, [(i, o.at, _LEDGER_OUTCOME[o.state], o.status, o.detail)  # first: it sees the rows as they were
                 if o.state != "done" else (i, o.at, "delivered", o.detail, None)
                 for o in outcomes if o.state != "release" for i in o.ids], instance)
@@ -96,6 +99,30 @@ def settle(db: sqlite3.Connection, outcomes: Sequence[Outcome], instance: str) -
     db.executemany("UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?, claim = NULL, "
                    "updated_at_us = ? WHERE id = ? AND claim = ?", dead)
     db.executemany("UPDATE outbox SET next_at_us = ?, claim = NULL WHERE id = ? AND claim = ?", release)
+    db.executemany("UPDATE outbox SET state = 'held', next_at_us = ?, last_error = ?, claim = NULL, batch = NULL, "
+                   "updated_at_us = ? WHERE id = ? AND claim = ?", wait)
+
+
+def waiting_sinks(db: sqlite3.Connection, sinks: Collection[str]) -> list[str]:
+    """Those of `sinks` with deliveries waiting for their active hours (a read: most looks find none)."""
+    return [sink for sink in sinks
+            if db.execute(f"SELECT 1 FROM outbox WHERE sink = ? AND {WAITING} LIMIT 1", (sink,)).fetchone()]  # noqa: S608
+
+
+def release_waiting(db: sqlite3.Connection, now_us: int, sinks: Mapping[str, int | None]) -> int:
+    """The deliveries waiting for these sinks' active hours are due now, oldest first: as one
+    digest batch where more than the sink's number wait (None: one by one)."""
+    released = 0
+    for sink, digest_over in sinks.items():
+        ids = [row[0] for row in db.execute(f"SELECT id FROM outbox WHERE sink = ? AND {WAITING} "  # noqa: S608
+                                            "ORDER BY id", (sink,))]
+        if not ids:
+            continue
+        batch = next_batch(db) if digest_over is not None and len(ids) > digest_over else None
+        db.executemany("UPDATE outbox SET state = 'pending', next_at_us = ?, last_error = NULL, batch = ?, "
+                       "updated_at_us = ? WHERE id = ?", [(now_us, batch, now_us, i) for i in ids])
+        released += len(ids)
+    return released
 
 
 def ledger(db: sqlite3.Connection, rows: Sequence[tuple[int, float, str, str | None, str | None]],
@@ -105,7 +132,8 @@ def ledger(db: sqlite3.Connection, rows: Sequence[tuple[int, float, str, str | N
     gets none): (id, when, outcome, status, detail), attempt number as it will be."""
     db.executemany(
         "INSERT INTO attempts (lead_id, sink, at_us, attempt, outcome, status, detail) "
-        "SELECT lead_id, sink, ?2, attempts + 1, ?3, ?4, ?5 FROM outbox WHERE id = ?1 AND state = 'pending' "
+        "SELECT lead_id, sink, ?2, attempts + (?3 != 'held'), ?3, ?4, ?5 FROM outbox WHERE id = ?1 "
+        "AND state = 'pending' "
         "AND (?3 = 'delivered' OR claim = ?6)",
         [(i, us(at), outcome, cut(status, 200), cut(detail, 500), instance)
          for i, at, outcome, status, detail in rows])
