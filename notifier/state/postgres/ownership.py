@@ -1,11 +1,15 @@
 """Which instance polls which chatbot, and when a paced sink may send, when several share one
-PostgreSQL state. Each chatbot has at
-most one owner at a time: a lease (`owners.until_us`, on the server's clock, so hosts whose clocks
-disagree still agree on it) with a fencing `epoch` that grows with every change of owner. An
-instance renews what it owns, gives back what is beyond its fair share (so a new instance gets
-work), and takes free or expired chatbots up to its share, in random order (so instances starting
-together do not reach for the same ones). Correctness never depends on it: recording a poll only
-inserts what is new, so two instances polling one chatbot during a handover notify nothing twice.
+PostgreSQL state. Each chatbot has at most one owner at a time: a row in `owners` naming the
+instance, with a fencing `epoch` that grows with every change of owner. The lease is the
+instance's, not each chatbot's: an owner row counts while its instance renewed
+(`instances.owning_us`, on the server's clock, so hosts whose clocks disagree still agree on it)
+within OWNER_LEASE — so renewing costs one row per instance whatever the number of chatbots it
+polls (100,000 chatbots over three instances: three updates every OWN_EVERY seconds, not 100,000).
+An instance gives back what is beyond its fair share (so a new instance gets work), and takes
+free chatbots, or those of an instance whose lease lapsed, up to its share, in random order (so
+instances starting together do not reach for the same ones). Correctness never depends on it:
+recording a poll only inserts what is new, so two instances polling one chatbot during a handover
+notify nothing twice.
 
 A paced sink (Slack's one message a second) is paced for the cluster by one row per sink: the
 next moment any instance may send to it, reserved in the same statement that checks it."""
@@ -20,54 +24,52 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from ..times import us
+from .processes import SERVER_NOW_US
 
 Conn = AsyncConnection[Any]
-OWNER_LEASE = 8.0  # seconds an owner keeps a chatbot without renewing it (it renews every OWN_EVERY)
+OWNER_LEASE = 8.0  # seconds an instance keeps its chatbots without renewing (it renews every OWN_EVERY)
 OWN_EVERY = 2.0  # seconds between renewals; a dead owner's chatbots are taken within OWNER_LEASE + this
 # every time below is the server's: clock_timestamp() in microseconds
+_LEASED = f"i.stopped_us IS NULL AND i.owning_us >= {SERVER_NOW_US} - %(lease)s"
+# an owner row that no longer counts: its instance stopped, or did not renew within the lease
+_LAPSED = f"NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = owners.instance AND {_LEASED})"  # noqa: S608
 
 
 async def own(conn: Conn, instance: str, serials: Collection[str], now: float) -> tuple[frozenset[str], int]:
     """The chatbots of `serials` this instance owns after this call, and how many it took over
     from another instance whose lease had run out."""
-    wanted = sorted(set(serials))
+    wanted = set(serials)
     if not wanted:
         return frozenset(), 0
-    # the instances that share the chatbots: those that asked within a lease (a dead or cut-off
-    # one stops counting when its leases lapse, so the others take its share at once)
-    await conn.execute("UPDATE instances SET owning_us = (extract(epoch FROM clock_timestamp()) * 1000000)::bigint "
-                       "WHERE id = %s", (instance,))
+    lease = {"lease": us(OWNER_LEASE), "me": instance}
+    # renewing is this one row; the instances sharing the chatbots are those that renewed within
+    # a lease (a dead or cut-off one stops counting when its lease lapses: the others take its share)
     cursor = await conn.execute(
-        "SELECT count(*) FROM instances WHERE stopped_us IS NULL "
-        "AND owning_us >= (extract(epoch FROM clock_timestamp()) * 1000000)::bigint - %s", (us(OWNER_LEASE),))
+        f"WITH renewed AS (UPDATE instances SET owning_us = {SERVER_NOW_US} WHERE id = %(me)s RETURNING id) "  # noqa: S608
+        f"SELECT count(*) FROM instances i WHERE {_LEASED} AND i.id NOT IN (SELECT id FROM renewed)", lease)
     row = await cursor.fetchone()
-    live = max(1, int(row[0]) if row is not None else 1)
+    live = 1 + (int(row[0]) if row is not None else 0)
     share = math.ceil(len(wanted) / live)
-    lease = us(OWNER_LEASE)
-    cursor = await conn.execute(
-        "UPDATE owners SET until_us = (extract(epoch FROM clock_timestamp()) * 1000000)::bigint + %s "
-        "WHERE instance = %s AND serial = ANY(%s::text[]) RETURNING serial", (lease, instance, wanted))
-    mine = {serial for (serial,) in await cursor.fetchall()}
-    if len(mine) > share:  # a new instance joined: give back the rest, it takes them at once
-        extra = sorted(mine)[share:]
+    cursor = await conn.execute("SELECT serial FROM owners WHERE instance = %s", (instance,))
+    owned = {serial for (serial,) in await cursor.fetchall()}
+    mine = owned & wanted
+    extra = sorted(owned - wanted) + sorted(mine)[share:]  # chatbots it no longer knows, and beyond its share
+    if extra:  # a new instance joined (or the config changed): given back, the others take them at once
         await conn.execute("DELETE FROM owners WHERE instance = %s AND serial = ANY(%s::text[])", (instance, extra))
         mine -= set(extra)
     taken = 0
     if len(mine) < share:
-        candidates = [serial for serial in wanted if serial not in mine]
+        cursor = await conn.execute(f"SELECT serial FROM owners WHERE NOT {_LAPSED}", lease)  # noqa: S608
+        held = {serial for (serial,) in await cursor.fetchall()}
+        candidates = sorted(wanted - held)
         random.shuffle(candidates)
         cursor = await conn.execute(
-            "INSERT INTO owners (serial, instance, epoch, until_us) "
-            "SELECT serial, %(me)s, 1, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint + %(lease)s "
-            "FROM unnest(%(candidates)s::text[]) AS serial "
-            "ON CONFLICT (serial) DO UPDATE SET instance = excluded.instance, epoch = owners.epoch + 1, "
-            "until_us = excluded.until_us "
-            "WHERE owners.until_us < (extract(epoch FROM clock_timestamp()) * 1000000)::bigint "
-            "RETURNING serial, epoch", {"me": instance, "lease": lease, "candidates": candidates})
+            "INSERT INTO owners (serial, instance, epoch, until_us) "  # noqa: S608
+            "SELECT serial, %(me)s, 1, 0 FROM unnest(%(candidates)s::text[]) AS serial "
+            "ON CONFLICT (serial) DO UPDATE SET instance = excluded.instance, epoch = owners.epoch + 1 "
+            f"WHERE {_LAPSED} RETURNING serial, epoch",
+            {**lease, "candidates": candidates[: share - len(mine)]})
         for serial, epoch in await cursor.fetchall():
-            if len(mine) >= share:  # taken more than the share in one go: the rest goes back
-                await conn.execute("DELETE FROM owners WHERE instance = %s AND serial = %s", (instance, serial))
-                continue
             mine.add(serial)
             taken += epoch > 1
     return frozenset(mine), taken
@@ -76,12 +78,13 @@ async def own(conn: Conn, instance: str, serials: Collection[str], now: float) -
 async def disown(conn: Conn, instance: str) -> None:
     """A clean stop hands every chatbot over at once."""
     await conn.execute("DELETE FROM owners WHERE instance = %s", (instance,))
+    await conn.execute("UPDATE instances SET owning_us = NULL WHERE id = %s", (instance,))
 
 
 async def owners(conn: Conn) -> dict[str, str]:
-    """serial -> the instance polling it (leases that ran out count as none)."""
-    cursor = await conn.execute("SELECT serial, instance FROM owners "
-                                "WHERE until_us >= (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
+    """serial -> the instance polling it (an owner whose lease lapsed counts as none)."""
+    cursor = await conn.execute(f"SELECT serial, instance FROM owners WHERE NOT {_LAPSED}",  # noqa: S608
+                                {"lease": us(OWNER_LEASE)})
     return dict(await cursor.fetchall())
 
 

@@ -16,7 +16,8 @@ ids come from a sequence; `instances` holds the processes that use the state (he
 Version 2: `instances.seen_us`, each process's last sign of life on the server's clock, so that
 whether an instance is alive (and its claims may be released) does not depend on which host's
 clock judges it. Rows without it (an instance of version 1 still running in a rolling upgrade)
-are judged by their own heartbeat, as before.
+are judged by their own heartbeat, as before. Chatbot ownership is leased per instance
+(`instances.owning_us`; `owners.until_us` is no longer read), found by `owners_by_instance`.
 """
 
 from __future__ import annotations
@@ -111,11 +112,12 @@ _CREATE = (
     "CREATE INDEX outbox_claimed ON outbox (claim) WHERE claim IS NOT NULL",
     "CREATE INDEX attempts_by_lead ON attempts (lead_id)",
     "CREATE INDEX attempts_by_time ON attempts (at_us)",
+    "CREATE INDEX owners_by_instance ON owners (instance)",
 )
 
 # Each step takes a database from version n to n + 1.
 _STEPS: dict[int, tuple[str, ...]] = {
-    1: ("ALTER TABLE instances ADD COLUMN seen_us bigint",),
+    1: ("ALTER TABLE instances ADD COLUMN seen_us bigint", "CREATE INDEX owners_by_instance ON owners (instance)"),
 }
 _NOW_US = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
 
