@@ -248,6 +248,86 @@ async def bare(api: str, rec_port: int, count: int, serials: list[str]) -> None:
     print(json.dumps({"poll_ms": 1000 * (c1 - c0) / count, "post_ms": 1000 * (c2 - c1) / count}))
 
 
+# -- a templated webhook beside the default one -----------------------------------------------
+TEMPLATED_BODY = """[sinks.templated.body]
+source = "smarterbot"
+external_id = "{{ webhook_id }}"
+session = "{{ lead.SessionID }}"
+contact = { name = "{{ lead.Name }}", email = "{{ lead.Email }}", phone = "{{ lead.PhoneNumber }}" }
+note = "{{ type }} via {{ chatbot }} on {{ created | datetime }}: {{ lead.Content }}"
+tags = ["smarterbot", "{{ type }}"]
+"""
+TEMPLATE_KEYS = ("webhook_send_cpu_ms", "templated_send_cpu_ms", "templated_send_ratio", "webhook_body_us",
+                 "templated_body_us")
+
+
+def template_cost(count: int, out: dict[str, Any]) -> None:
+    """CPU per send of a webhook sink with the default payload and of one with a `body` template
+    (the README's CRM example, compiled once when the config is read), in a process of their own
+    sending to a receiver in this one; and the cost of building each body alone."""
+    async def measure() -> None:
+        app = web.Application()
+
+        async def accept(request: web.Request) -> web.Response:
+            await request.read()
+            return web.Response(text="ok")
+        app.router.add_route("*", "/sink", accept)
+        runner, port = await serve(app)
+        try:
+            child = await asyncio.create_subprocess_exec(sys.executable, __file__, "--sink-cpu", str(port), str(count),
+                                                         stdout=asyncio.subprocess.PIPE)
+            stdout, _ = await child.communicate()
+        finally:
+            await runner.cleanup()
+        out.update(json.loads(stdout))
+        out["templated_send_ratio"] = out["templated_send_cpu_ms"] / out["webhook_send_cpu_ms"]
+
+    asyncio.run(measure())
+
+
+async def sink_cpu(port: int, count: int) -> None:
+    from notifier.config import parse_config
+    from notifier.sinks import SinkContext
+    from notifier.sinks.webhook import WebhookConfig, WebhookSink
+    from notifier.types import Delivery
+
+    hook = f'url = "http://127.0.0.1:{port}/sink"\nsecret = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="\n'
+    config = parse_config(f'[api]\napi_key = "k"\n[[chatbots]]\nserial_number = "s"\n'
+                          f'[sinks.webhook]\ntype = "webhook"\n{hook}[sinks.templated]\ntype = "webhook"\n{hook}'
+                          f"{TEMPLATED_BODY}", env={})
+    records = [{"Type": "Lead" if i % 3 else "Appointment", "SessionID": i, "CreateTime": "2025-01-01T00:00:00Z",
+                "Name": f"Ana Silva {i}", "Email": f"ana{i}@example.org", "PhoneNumber": "+1 555 0100",
+                "Content": "Do you ship to Canada? " * 8, "URI": "https://shop.example.org/", "Count": 1}
+               for i in range(count)]
+    now = datetime.now(UTC)
+    deliveries = [Delivery(id=i, sink="x", chatbot="b1", lead=lead, detected_at=now)
+                  for i, lead in enumerate(parse_records("serial", records).leads)]
+    results: dict[str, float] = {}
+    async with aiohttp.ClientSession() as http:
+        sinks = {}
+        for name in ("webhook", "templated"):
+            sink_config = config.sinks[name]
+            assert isinstance(sink_config, WebhookConfig)
+            sinks[name] = WebhookSink(sink_config, SinkContext(http=http))
+        spent = dict.fromkeys(sinks, 0.0)
+        for sink in sinks.values():  # warm: connections, caches
+            for delivery in deliveries[:50]:
+                await sink.send(delivery)
+        for start in range(0, count, 100):  # alternating blocks, each first in turn: both see the same machine
+            for name, sink in sorted(sinks.items(), reverse=start % 200 == 0):
+                c0 = time.process_time()
+                for delivery in deliveries[start:start + 100]:
+                    await sink.send(delivery)
+                spent[name] += time.process_time() - c0
+        for name, sink in sinks.items():
+            results[f"{name}_send_cpu_ms"] = 1000 * spent[name] / count
+            c0 = time.process_time()
+            for delivery in deliveries:
+                sink.body(delivery)
+            results[f"{name}_body_us"] = 1e6 * (time.process_time() - c0) / count
+    print(json.dumps(results))
+
+
 # -- in-process costs ------------------------------------------------------------------------
 def dedup_cost(records: int, out: dict[str, Any], state_url: str | None = None) -> None:
     """One answer of N records: parsed, deduplicated against state, enqueued in one transaction.
@@ -412,6 +492,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--bare":
         asyncio.run(bare(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "--sink-cpu":
+        asyncio.run(sink_cpu(int(sys.argv[2]), int(sys.argv[3])))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a small version that runs in seconds (CI)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -430,12 +513,17 @@ def main() -> None:
         engines = measure_all(sizes, args.quick, args.state)
     except ScratchError as exc:
         sys.exit(f"bench: {exc}")
+    templates: dict[str, Any] = {}
+    template_cost(500 if args.quick else 5000, templates)  # the same on either engine: no state involved
     if args.state is None:
-        results = engines["sqlite"]
+        results = {**engines["sqlite"], **templates}
         print_one(results)
     else:
-        results = {"quick": args.quick, "postgresql_url": redacted(args.state), "engines": engines}
+        results = {"quick": args.quick, "postgresql_url": redacted(args.state), "engines": engines, **templates}
         side_by_side(engines["sqlite"], engines["postgresql"], redacted(args.state))
+    print("\na webhook sink's CPU per send: default payload vs a `body` template (README's CRM example)")
+    for key in TEMPLATE_KEYS:
+        print(f"  {key:<28} {templates[key]:.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

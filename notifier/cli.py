@@ -140,7 +140,10 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if command == "test-sink":
         from .sample import send_sample
-        return EXIT_OK if await send_sample(_load(args), args.name, scrubbed(sys.stdout)) else EXIT_FAILED
+        config = _load(args) if args.session is None else _load_with_state(args)
+        sent = await send_sample(config, args.name, scrubbed(sys.stdout), session=args.session,
+                                 event=args.event)
+        return EXIT_OK if sent else EXIT_FAILED
     if command == "demo":
         from .demo import run_demo
         return await run_demo(args.duration, args.every)

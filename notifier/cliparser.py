@@ -14,6 +14,7 @@ from typing import NoReturn
 
 from ._version import __version__
 from .state import INT64
+from .types import EVENT_KINDS
 
 PROG = "smarterbot-notifier"
 USAGE_EXIT = "2 usage or config error"
@@ -121,9 +122,16 @@ def build_parser() -> _Parser:
                     "location, and print what it understood", f"0 valid, {USAGE_EXIT}")
     check.add_argument("--json", action="store_true",
                        help='one JSON document: what was understood, or {"ok": false, "problems": [...]}')
-    test_sink = command(sub, "test-sink", "send one sample lead through sink NAME (its `types` filter does not "
-                        "apply) and show what was sent", f"0 the sink accepted it, 1 it did not (why), {USAGE_EXIT}")
+    test_sink = command(sub, "test-sink", "send one sample lead (or --session ID: a real one; --event KIND: a sample "
+                        "event) through sink NAME now, rendered with its templates (its `types` filter and active "
+                        "hours do not apply), and show what was sent",
+                        f"0 the sink accepted it, 1 it did not (why), or no such lead, {USAGE_EXIT}")
     test_sink.add_argument("name", metavar="NAME", help="the sink's name, as in [sinks.NAME]")
+    sample = test_sink.add_mutually_exclusive_group()
+    sample.add_argument("--session", type=_SESSION, metavar="ID",
+                        help="send the lead with this SessionID from the state instead of a sample one")
+    sample.add_argument("--event", choices=EVENT_KINDS, metavar="KIND",
+                        help=f"send a sample operational event instead of a lead: {', '.join(EVENT_KINDS)}")
     demo = command(sub, "demo", "see it work: simulator + daemon + console sink, no config, no network",
                    f"0 stopped, {USAGE_EXIT}", parents=logging_only)
     demo.add_argument("--duration", type=_SECONDS, metavar="SECONDS", help="stop after this long (default: Ctrl-C)")

@@ -39,6 +39,7 @@ class PollConfig:
     lookback_days: int = 2
     first_run: FirstRun = "baseline"
     flood_threshold: int = 50  # more new leads than this in one poll: the flood guard fires
+    alert_after: float = 600.0  # polls failing this long: one `poll.failing` event
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class ChatbotConfig:
     api_key: str = field(repr=False)
     sinks: tuple[str, ...]
     flood_threshold: int = 50
+    alert_after: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,7 @@ def _poll(table: Table, defaults: PollConfig, *, finish: bool = True) -> PollCon
         first_run=table.text("first_run", defaults.first_run, choices=("baseline", "notify")),
         flood_threshold=table.number("flood_threshold", defaults.flood_threshold, minimum=1, maximum=1_000_000,
                                      integer=True),
+        alert_after=float(table.number("alert_after", defaults.alert_after, minimum=0, maximum=30 * 86_400)),
     )
     if finish:
         table.finish()
@@ -305,7 +308,8 @@ def _chatbots(root: Table, api: ApiConfig, poll: PollConfig, sinks: Mapping[str,
         table.finish()
         chatbots.append(ChatbotConfig(name=name, serial_number=serial, interval=own.interval,
                                       lookback_days=own.lookback_days, first_run=own.first_run,
-                                      api_key=api_key or "", sinks=chosen, flood_threshold=own.flood_threshold))
+                                      api_key=api_key or "", sinks=chosen, flood_threshold=own.flood_threshold,
+                                      alert_after=own.alert_after))
     return tuple(chatbots)
 
 

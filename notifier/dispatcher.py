@@ -13,11 +13,12 @@ import structlog
 from prometheus_client import Counter
 
 from .config import DeliveryConfig
+from .events import EventRoutes, delivery_dead, replace_sinks
 from .exceptions import PermanentError, RetryableError, StateError
 from .logs import scrub as scrub_secrets
 from .metrics import Metrics
 from .redact import scrub
-from .state import Outcome, State
+from .state import EventRecord, Outcome, State
 from .text import safe_text
 from .types import Clock, Delivery, Sink
 from .waiting import HoursGate
@@ -39,7 +40,8 @@ class Dispatcher:
                  clock: Clock, metrics: Metrics | None = None,
                  state_retry: tuple[float, float] = STATE_RETRY, external_check: float = EXTERNAL_CHECK,
                  only: Collection[int] | None = None, lease: float = LEASE,
-                 attempt_deadline: float = ATTEMPT_DEADLINE, hours: HoursGate | None = None) -> None:
+                 attempt_deadline: float = ATTEMPT_DEADLINE, hours: HoursGate | None = None,
+                 routes: EventRoutes | None = None) -> None:
         self.metrics = metrics
         self.store = store
         self.sinks = dict(sinks)
@@ -60,6 +62,7 @@ class Dispatcher:
         self.attempt_deadline = attempt_deadline
         self.only = only  # just these outbox ids (a replay without a daemon): nothing else is sent
         self.hours = hours or HoursGate({}, {})  # sinks' active hours: outside them deliveries wait
+        self.routes = routes or EventRoutes({})  # who is told of a delivery given up (`delivery.dead`)
         self.problem: str | None = None  # the state refuses writes: nothing new is sent
         self._problem_since = 0.0
         self._write_failures = 0
@@ -409,15 +412,22 @@ class Dispatcher:
                   "webhook_id": first.webhook_id,
                   "attempt": attempt, "reason": reason, "leads": len(group)}
         self._count(first.sink, "retry" if retryable and attempt < self.config.max_attempts else "dead", len(group))
-        if not retryable:
-            log.error("delivery failed permanently; moved to dead letters", **fields)
-            return Outcome(ids, "dead", now, detail=f"permanent: {reason}", status=code)
-        if attempt >= self.config.max_attempts:
-            log.error("delivery gave up; moved to dead letters", **fields)
-            return Outcome(ids, "dead", now, detail=f"gave up after {attempt} attempts: {reason}", status=code)
+        if not retryable or attempt >= self.config.max_attempts:
+            why = f"permanent: {reason}" if not retryable else f"gave up after {attempt} attempts: {reason}"
+            log.error("delivery failed permanently; moved to dead letters" if not retryable
+                      else "delivery gave up; moved to dead letters", **fields)
+            return Outcome(ids, "dead", now, detail=why, status=code, events=self._dead_event(group, why, attempt))
         delay = self.backoff(attempt, retry_after)
         log.warning("delivery failed; will retry", retry_in=round(delay, 1), **fields)
         return Outcome(ids, "retry", now, next_at=now + delay, detail=reason, status=code)
+
+    def _dead_event(self, group: Sequence[Delivery], why: str, attempt: int) -> tuple[EventRecord, ...]:
+        """`delivery.dead` for the sinks that take it, never the one that failed, and never about
+        an event (no event about an event: a dead ops channel does not echo round the others)."""
+        sinks = self.routes.sinks("delivery.dead", besides=group[0].sink)
+        if not sinks or group[0].event is not None:
+            return ()
+        return (replace_sinks(delivery_dead(group, why, attempt, self.clock()), sinks),)
 
     def _count(self, sink: str, outcome: str, n: int) -> None:
         if self.metrics is not None:

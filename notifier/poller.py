@@ -29,9 +29,11 @@ from . import logs
 from .api import LeadListAnswer, LeadListClient
 from .clockcheck import ClockCheck
 from .config import ChatbotConfig
+from .events import EventRoutes, flood_fired, replace_sinks
 from .exceptions import ApiError, StateError
 from .leads import ParsedRecords, SkippedRecord, to_micros
 from .metrics import Metrics
+from .outages import OutageWatch
 from .sinks import SinkConfig
 from .state import PollRecord, State
 from .types import Clock, Lead
@@ -116,6 +118,8 @@ class ChatbotPoller:
     ledger_days: int = 30
     status: PollStatus = field(default_factory=PollStatus)
     clocks: ClockCheck = field(default_factory=ClockCheck)  # the service shares one too
+    watch: OutageWatch | None = None  # `poll.failing`/`poll.recovered` events, when a sink takes them
+    event_routes: EventRoutes | None = None  # which sinks take which events (`flood.fired`)
     _digest: bytes | None = None  # the last answer's hash, valid while the state is unchanged elsewhere
     _digest_version: int = -1
     _metric_series: tuple[Counter, Counter, Gauge] | None = None
@@ -202,6 +206,8 @@ class ChatbotPoller:
                 notify=notify, silent=silent, batches=batches, held=held,
                 held_reason=f"flood guard: {len(notify)} new leads in one poll "
                             f"(flood_threshold {chatbot.flood_threshold})"))
+            if len(notify) > chatbot.flood_threshold:
+                queued += await self._flood_event(notify, now)
             if coverage is None:
                 log.info("chatbot baselined", chatbot=chatbot.name, existing=len(silent) + len(notify),
                          first_run=chatbot.first_run)
@@ -249,6 +255,16 @@ class ChatbotPoller:
                         flood_threshold=self.chatbot.flood_threshold, sinks=actions,
                         release="smarterbot-notifier outbox retry --held" if held else None)
         return batches, held
+
+    async def _flood_event(self, notify: list[tuple[Lead, tuple[str, ...]]], now: datetime) -> int:
+        """`flood.fired` to the sinks that take it (after the leads are safe: a failure here loses none)."""
+        sinks = self.event_routes.sinks("flood.fired") if self.event_routes else ()
+        if not sinks:
+            return 0
+        actions = {s: self.sinks[s].on_flood for s in sorted({s for _, names in notify for s in names})}
+        event = flood_fired(self.chatbot.name, self.chatbot.serial_number, now, count=len(notify),
+                            threshold=self.chatbot.flood_threshold, actions=actions)
+        return await self.store.record_event(replace_sinks(event, sinks))
 
     def _judge(self, usable: int, skipped: list[SkippedRecord]) -> None:
         """Count skipped records by reason; when most of an answer is unusable the vendor has
@@ -299,6 +315,8 @@ class ChatbotPoller:
             status.retry_after = exc.retry_after
             log.warning("poll failed", chatbot=self.chatbot.name, error=exc.message, code=exc.code,
                         http_status=exc.http_status, consecutive=status.failures)
+            if self.watch is not None and await self.watch.failed(self.clock(), exc):
+                self.on_queued()
             return False
         except StateError as exc:
             status.failures += 1
@@ -314,6 +332,8 @@ class ChatbotPoller:
             status.retry_after = None
             log.error("poll failed with an internal error", chatbot=self.chatbot.name, error=type(exc).__name__)
             log.debug("internal error", chatbot=self.chatbot.name, exc_info=True)
+            if self.watch is not None and await self.watch.failed(self.clock(), RuntimeError(status.last_error)):
+                self.on_queued()
             return False
         finally:
             if self.metrics is not None:
@@ -326,6 +346,8 @@ class ChatbotPoller:
         status.last_error = None
         status.retry_after = None
         status.last_success = self.clock()
+        if self.watch is not None and self.watch.since is not None and await self.watch.succeeded(status.last_success):
+            self.on_queued()
         if self.metrics is not None:
             self._series()[2].set(status.last_success.timestamp())
         if logs.DEBUG:  # most polls: nothing to say, and not even a debug line to build

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from .poller import ChatbotPoller
 
@@ -25,7 +25,6 @@ STARTUP_RATE = 100.0  # first polls a second, at least
 # Polls due within this much of each other start together: one wakeup of the loop serves them all,
 # which costs a third less CPU per poll than waking for each (bench/run.py, 2,000 chatbots at 2 s).
 TICK = 0.02
-NOT_OURS_RECHECK = 2.0  # seconds before a chatbot another instance owns is looked at again
 
 
 def first_due(index: int, count: int, interval: float) -> float:
@@ -58,6 +57,19 @@ class PollScheduler:
         self._ready: asyncio.Queue[tuple[float, ChatbotPoller]] = asyncio.Queue()
         self._timer: asyncio.TimerHandle | None = None
         self._wakeup: asyncio.Future[None] | None = None
+        # chatbots another instance polls, out of the heap until they come to us (`adopt`): with
+        # 100,000 chatbots over three instances, looking at the others' every few seconds would
+        # cost more than polling one's own
+        self._parked: dict[str, ChatbotPoller] = {}
+
+    def adopt(self, serials: Collection[str]) -> int:
+        """These chatbots are ours now (ownership changed, or was renewed after an outage):
+        those parked are due at once. Returns how many were."""
+        loop = asyncio.get_running_loop()
+        adopted = [self._parked.pop(serial) for serial in list(self._parked) if serial in serials]
+        for poller in adopted:
+            self._push(loop.time(), poller)
+        return len(adopted)
 
     def _push(self, due: float, poller: ChatbotPoller) -> None:
         self._seq += 1
@@ -100,8 +112,8 @@ class PollScheduler:
         loop = asyncio.get_running_loop()
         while True:
             due, poller = await self._ready.get()
-            if not self.may_poll(poller):  # another instance polls it: look again soon, it may come to us
-                self._push(loop.time() + min(poller.chatbot.interval, NOT_OURS_RECHECK), poller)
+            if not self.may_poll(poller):  # another instance polls it: parked until it comes to us
+                self._parked[poller.chatbot.serial_number] = poller
                 continue
             ok = await poller.poll_logged()  # never raises; cancelled, the chatbot goes with the scheduler
             self._push(next_due(poller, due, ok, loop.time()), poller)

@@ -10,7 +10,7 @@ import contextlib
 import gc
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -24,10 +24,12 @@ from .api import LeadListClient, make_throttler, set_rate
 from .clockcheck import ClockCheck, shared_clock_problem
 from .config import Config
 from .dispatcher import ATTEMPT_DEADLINE, LEASE, Dispatcher
+from .events import EventRoutes
 from .exceptions import ConfigError, NotifierError, StateError
 from .health import health_app, start_health
 from .logs import scrub
 from .metrics import Metrics
+from .outages import OutageWatch
 from .poller import ChatbotPoller
 from .scheduler import PollScheduler, poll_all
 from .sinks import SinkContext, create_sink
@@ -42,6 +44,7 @@ log = structlog.get_logger("notifier.service")
 HEARTBEAT_DEADLINE = 5.0  # seconds one heartbeat may take before it counts as a state problem
 LAST_WORDS = 1.0  # seconds the last heartbeat at exit may take (the status for `status`)
 CLOSING = 2.0  # seconds closing the state may take at exit: a database that hangs never holds the exit
+HANDOVER_DEADLINE = 2.0  # seconds handing the chatbots over at a clean stop may take
 OWN_EVERY = 2.0  # seconds between renewals of which chatbots this instance polls (a shared state)
 HARD_DEADLINE = 5.0  # seconds past shutdown_grace after which whatever still runs is cancelled
 
@@ -89,6 +92,10 @@ class Service:
         self._pending = 0  # deliveries pending at the last beat
         self._heartbeat_problem: str | None = None
         self._clock_offset_problem: str | None = None
+        self._scheduler: PollScheduler | None = None
+        self._owning: asyncio.Task[None] | None = None
+        self.routes = EventRoutes({})  # which sinks take which operational events
+        self._outages: dict[str, int] = {}  # serial -> start (µs) of an outage announced before this start
         self.http: aiohttp.ClientSession | None = None  # the sinks'
         self.api_http: aiohttp.ClientSession | None = None  # the vendor's: its own pool, never starved by sinks
         self.pollers: list[ChatbotPoller] = []
@@ -112,9 +119,12 @@ class Service:
         self.api_http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
                                               headers={"User-Agent": USER_AGENT})
         lease, deadline = lease_for(self.config)
+        self.routes = EventRoutes(self.config.sinks)
+        # outages announced before this start: not announced again, and their recovery still is
+        self._outages = await self.store.open_outages() if self.routes else {}
         self.dispatcher = Dispatcher(self.store, self._sinks(self.config), self.config.delivery, self.clock,
                                      self.metrics, lease=lease, attempt_deadline=deadline,
-                                     hours=HoursGate.of(self.config.sinks))
+                                     hours=HoursGate.of(self.config.sinks), routes=self.routes)
         self.pollers = self._pollers(self.config, {})
         store = self.store
         self.metrics.watch_outbox(store.sink_counts, lambda: list(self.config.sinks))
@@ -139,8 +149,14 @@ class Service:
                                    clock=self.clock, on_queued=self.dispatcher.wake, metrics=self.metrics,
                                    ledger_days=config.ledger_days, clocks=self.clocks)
             old = keep.get(chatbot.serial_number)
-            if old is not None:  # keep what we know about a chatbot across a reload
+            if old is not None and old.watch is not None:  # keep what we know about a chatbot across a reload
                 poller.status = old.status
+                poller.watch = old.watch
+                poller.watch.chatbot, poller.watch.routes = chatbot, self.routes
+            else:
+                poller.watch = OutageWatch.resuming(chatbot, self.store, self.routes,
+                                                    self._outages.get(chatbot.serial_number))
+            poller.event_routes = self.routes
             pollers.append(poller)
         return pollers
 
@@ -194,8 +210,12 @@ class Service:
         if self.stopping:  # a reload that raced with stop() must not start polls again
             return
         pollers, workers = self.pollers, self.config.api.concurrency
-        self._polling = self.supervisor.start(
-            "polls", lambda: PollScheduler(pollers, workers=workers, may_poll=self.may_poll).run())
+
+        def scheduler() -> Coroutine[Any, Any, None]:
+            self._scheduler = PollScheduler(pollers, workers=workers, may_poll=self.may_poll)
+            return self._scheduler.run()
+
+        self._polling = self.supervisor.start("polls", scheduler)
 
     async def _stop_polling(self) -> None:
         """An in-flight poll holds no state (its one transaction is not awaited): cancelling loses nothing."""
@@ -249,7 +269,7 @@ class Service:
             settle_heap()
             if await self._own() is not False:  # several instances may share this state: who polls what
                 self._owned_at_start = self.owned or frozenset()
-                self.supervisor.start("ownership", self._keep_owning)
+                self._owning = self.supervisor.start("ownership", self._keep_owning)
             self._start_polling()
             dispatcher = self.dispatcher
             self.supervisor.start("delivery", lambda: dispatcher.run(self._stop))
@@ -270,6 +290,19 @@ class Service:
         if self.supervisor.fatal is not None:
             raise NotifierError(self.supervisor.fatal)
 
+    async def _hand_over(self) -> None:
+        """A clean stop hands its chatbots to the other instances at once, before the deliveries'
+        grace period (a slow receiver must not leave them unpolled until the lease runs out)."""
+        if self.owned is None or self.store is None:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(HANDOVER_DEADLINE):
+                if self._owning is not None:  # a renewal under way must not take them back after
+                    await asyncio.gather(self._owning, return_exceptions=True)
+                await self.store.disown()
+                log.info("chatbots handed over to the other instances", chatbots=len(self.owned))
+        self.owned = frozenset()
+
     async def _shut_down(self) -> None:
         """Polls end at once; deliveries get the grace period (the dispatcher cancels what is still
         in flight then); past a hard deadline everything left is cancelled, so stopping never hangs."""
@@ -277,6 +310,7 @@ class Service:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._reloading), HARD_DEADLINE)
         await self._stop_polling()
+        await self._hand_over()
         deadline = self.config.delivery.shutdown_grace + HARD_DEADLINE
         try:
             await asyncio.wait_for(asyncio.shield(self.supervisor.wait()), deadline)
@@ -313,6 +347,7 @@ class Service:
             return False
         self.dispatcher.sinks = sinks
         self.dispatcher.hours = HoursGate.of(new.sinks)  # judged anew: what waits for a changed sink is looked at
+        self.routes = self.dispatcher.routes = EventRoutes(new.sinks)
         self.dispatcher.config = new.delivery
         self.dispatcher.lease, self.dispatcher.attempt_deadline = lease_for(new)
         self.config = new
@@ -363,6 +398,8 @@ class Service:
             log.debug("could not renew chatbot ownership", error=str(exc))
             return None
         self._owned_until = asked + OWNERSHIP_HOLDS
+        if self.owned is not None and self._scheduler is not None:
+            self._scheduler.adopt(self.owned)  # taken over (or ours again after an outage): polled at once
         self.metrics.chatbots_owned.set(len(self.pollers) if self.owned is None else len(self.owned))
         self._share_rate()
         return self.owned is not None

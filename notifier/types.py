@@ -12,7 +12,11 @@ from typing import Any, Literal, Protocol
 
 LeadType = Literal["Lead", "Appointment"]
 LEAD_TYPES: tuple[LeadType, ...] = ("Lead", "Appointment")
-EVENT_TYPES: Mapping[str, str] = {"Lead": "lead.created", "Appointment": "appointment.created"}
+# operational events (events.py): a sink takes them by `events = [...]`, never by `types`
+EVENT_KINDS = ("poll.failing", "poll.recovered", "delivery.dead", "flood.fired")
+EVENT_TYPES: Mapping[str, str] = {"Lead": "lead.created", "Appointment": "appointment.created",
+                                  "poll.failing": "chatbot.poll_failing", "poll.recovered": "chatbot.poll_recovered",
+                                  "delivery.dead": "delivery.dead", "flood.fired": "flood.fired"}
 
 JSONDict = dict[str, Any]
 Clock = Callable[[], datetime]
@@ -66,6 +70,7 @@ class Delivery:
     attempts: int = 0
     batch: int | None = None  # deliveries of one poll sent together as a digest
     any_hour: bool = False  # an operator sent it on while its sink was outside its active hours
+    event: str | None = None  # an operational event (EVENT_KINDS), not a lead: `lead.raw` is its data
 
     @property
     def webhook_id(self) -> str:
@@ -73,7 +78,7 @@ class Delivery:
 
     @property
     def event_type(self) -> str:
-        return EVENT_TYPES[self.lead.type]
+        return EVENT_TYPES[self.event or self.lead.type]
 
 
 class Sink(Protocol):

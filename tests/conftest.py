@@ -310,3 +310,12 @@ def mailbox() -> Any:
     controller.start()
     yield box
     controller.stop()
+
+
+@pytest.fixture
+async def chat() -> AsyncIterator[Any]:
+    """Stand-ins of the Teams, Discord, Telegram and Google Chat APIs: tests/chatservers.py."""
+    from .chatservers import serve_chat
+
+    async with serve_chat() as servers:
+        yield servers

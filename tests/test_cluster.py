@@ -186,3 +186,42 @@ async def test_each_instances_readiness_speaks_for_the_chatbots_it_polls(
             for service in services:
                 service.stop()
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 20)
+
+
+async def test_a_clean_stop_hands_its_chatbots_over_before_its_deliveries_drain(
+        simulator: tuple[Simulator, str], receiver: Receiver, tmp_path: Path) -> None:
+    """The proof test's finding: a SIGTERM with a slow delivery in flight handed the chatbots over
+    only when the drain ended (here up to 10 s of grace), or when their lease ran out: for that
+    long nobody polled them. They go at once, before the grace period."""
+    sim, api = simulator
+    async with fresh_database() as url:
+        services: list[Service] = []
+        tasks: list[asyncio.Task[None]] = []
+        for name in ("one", "two"):
+            directory = tmp_path / name
+            directory.mkdir()
+            path = write_config(directory, api, receiver.url, state=f'url = "{url}"')
+            path.write_text(path.read_text().replace("shutdown_grace = 2", "shutdown_grace = 10"))
+            services.append(Service(load_config(path), beat_interval=0.5))
+            tasks.append(asyncio.create_task(services[-1].run(install_signals=False)))
+        one, two = services
+        try:
+            await until(lambda: one.owned is not None and two.owned is not None and len(one.owned) == 1
+                        and len(two.owned) == 1, timeout=20, what="one chatbot each")
+            await until(lambda: all(p.status.last_success for s in services for p in s.pollers if s.may_poll(p)),
+                        timeout=20, what="both chatbots baselined")
+            serial = next(iter(one.owned or ()))
+            receiver.responses.append((200, {}, 30.0))  # the receiver holds the next delivery
+            sim.add_lead(serial)
+            await until(lambda: len(receiver.received) == 1, what="a delivery of `one` in flight")
+            one.stop()
+            await until(lambda: two.owned == frozenset({SERIAL_A, SERIAL_B}), timeout=5,
+                        what="the other takes both at once, while `one` still drains")
+            assert not tasks[0].done()  # still in its grace period
+            receiver.released.set()
+            await asyncio.wait_for(tasks[0], 15)
+        finally:
+            receiver.released.set()
+            for service in services:
+                service.stop()
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 20)

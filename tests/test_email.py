@@ -155,3 +155,56 @@ def test_a_ca_file_that_is_not_pem_is_a_config_error_on_its_key(tmp_path: Path) 
             '[[chatbots]]\nname = "a"\nserial_number = "s"\n')
     with pytest.raises(ConfigError, match=r"sinks\.mail\.ca_file: .* holds no usable CA certificate"):
         parse_config(text)
+
+
+# -- issue 17: operational events ---------------------------------------------------------------------
+
+HEADERS = {"From", "To", "Date", "Message-ID", "Subject", "Content-Type", "MIME-Version", "Content-Transfer-Encoding"}
+
+
+async def test_hostile_event_mail_is_escaped_and_injects_no_header(http: aiohttp.ClientSession,
+                                                                   mailbox: Mailbox) -> None:
+    from .test_sink_events import TITLE, hostile_event
+
+    event = hostile_event("mail")
+    await sink(http, mailbox).send(event)
+    (envelope,) = mailbox.messages
+    assert envelope.rcpt_tos == ["sales@example.com", "boss@example.com"]
+    message = mailbox.parsed()
+    assert set(message.keys()) <= HEADERS and message["Bcc"] is None and message["Reply-To"] is None
+    assert message["Subject"] == f"[SmarterBot] Chatbot Ops *bold* <!here>\ufffd[2J bot: {TITLE}"
+    assert message["Message-ID"] == f"<{event.webhook_id}@example.com>"  # the same on every retry
+    text = message.get_body(("plain",)).get_content().replace("\r\n", "\n")  # as SMTP carried it
+    assert text.startswith(f"Chatbot Ops *bold* <!here>\ufffd[2J bot: {TITLE}\n")
+    assert "\nError: <!channel> <b>revoked</b> Bcc: x@evil.example {{ 7*7 }}\n" in text  # one line of data
+    assert "\nBcc:" not in text and "\r" not in text and "\x1b" not in text
+    assert "chatbot.poll_failing" in text
+    html = message.get_body(("html",)).get_content()
+    assert "&lt;!channel&gt; &lt;b&gt;revoked&lt;/b&gt; Bcc: x@evil.example {{ 7*7 }}" in html
+    assert "<b>revoked</b>" not in html and "<!here>" not in html and "&lt;!here&gt;" in html
+    assert f"<h2>Chatbot Ops *bold* &lt;!here&gt;\ufffd[2J bot: {TITLE}</h2>" in html
+
+
+async def test_templated_mail_sink_renders_events_by_default(http: aiohttp.ClientSession, mailbox: Mailbox) -> None:
+    from .test_sink_events import TITLE, hostile_event
+
+    text = (f'[api]\napi_key = "k"\n[[chatbots]]\nserial_number = "a"\n[sinks.m]\ntype = "email"\n'
+            f'host = "{mailbox.host}"\nport = {mailbox.port}\nsecurity = "none"\nfrom = "n@example.com"\n'
+            'to = ["s@example.com"]\nsubject = "LEAD {{ lead.Name }}"\ntext_body = "TEXT {{ lead.Email }}"\n'
+            'html_body = "<p>HTML {{ lead.Name }}</p>"\ndigest_subject = "BURST {{ count }}"\n'
+            'digest_text = "BURST TEXT"\n')
+    config = parse_config(text, env={}).sinks["m"]
+    assert isinstance(config, EmailConfig)
+    mail = EmailSink(config, SinkContext(http=http))
+    await mail.send(delivery({"Name": "Ann"}))
+    await mail.send(hostile_event("m"))
+    await mail.send_digest([delivery({"Name": "Ann"}), hostile_event("m")])
+    lead, event, digest = (mailbox.parsed(i) for i in range(3))
+    assert lead["Subject"] == "LEAD Ann" and lead.get_body(("plain",)).get_content().startswith("TEXT")
+    assert event["Subject"].startswith("[SmarterBot] Chatbot Ops") and event["Subject"].endswith(TITLE)
+    body = event.get_body(("plain",)).get_content() + event.get_body(("html",)).get_content()
+    assert "LEAD" not in body and "TEXT" not in body and "HTML" not in body and "Error:" in body
+    # a digest with an event in it: the default summary, the event's title a line of its own
+    assert digest["Subject"] == "2 new leads and appointments"  # (a templated subject leaves no prefix)
+    listed = digest.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert "BURST" not in listed and f"- Chatbot Ops *bold* <!here>\ufffd[2J bot: {TITLE}\n" in listed

@@ -21,13 +21,30 @@ from notifier.exceptions import DeliveryError, PermanentError, RetryableError
 from notifier.leads import parse_records
 from notifier.redact import RedactingSink
 from notifier.sinks import SinkContext
+from notifier.sinks.apprise import AppriseConfig, AppriseSink
+from notifier.sinks.apprise import available as apprise_available
 from notifier.sinks.base import REDACTABLE
 from notifier.sinks.console import ConsoleConfig, ConsoleSink
+from notifier.sinks.discord import DiscordConfig, DiscordSink
 from notifier.sinks.email import EmailConfig, EmailSink
+from notifier.sinks.googlechat import GoogleChatConfig, GoogleChatSink
 from notifier.sinks.slack import SlackConfig, SlackSink
+from notifier.sinks.teams import TeamsConfig, TeamsSink
+from notifier.sinks.telegram import TelegramConfig, TelegramSink
 from notifier.sinks.webhook import WebhookConfig, WebhookSink
 from notifier.types import Delivery, Sink
 
+from .chatservers import (
+    APPRISE_PASSWORD,
+    CHAT_ID,
+    DISCORD_TOKEN,
+    GCHAT_KEY,
+    GCHAT_TOKEN,
+    TEAMS_SIG,
+    TELEGRAM_TOKEN,
+    ChatServers,
+    StandIn,
+)
 from .conftest import WEBHOOK_SECRET, Mailbox, Receiver, SlackStandIn
 
 HOSTILE = {"Type": "Lead", "SessionID": 4242, "CreateTime": "2025-06-01T12:00:00.5-07:00",
@@ -50,11 +67,60 @@ class Case:
     seen: Callable[[], str]  # everything the receiving side got, as text
 
 
-@pytest.fixture(params=["webhook", "slack-webhook", "slack-token", "email", "console"])
+def chat_case(kind: str, chat: ChatServers, context: SinkContext) -> Case:
+    """Teams, Discord, Telegram, Google Chat and Apprise on their stand-ins (tests/chatservers.py),
+    each failing with its own service's answers: a 429 or 5xx, and a permanent one."""
+    sink: Sink
+    api: StandIn
+    answers: tuple[tuple[int, Any], tuple[int, Any]]
+    if kind == "teams":
+        api = chat.teams
+        sink = TeamsSink(TeamsConfig(name="s", type="teams", url=api.url), context)
+        secrets: tuple[str, ...] = (api.url, TEAMS_SIG)
+        answers = (503, "busy"), (404, {"error": {"code": "WorkflowNotFound", "message": "gone"}})
+    elif kind == "discord":
+        api = chat.discord
+        sink = DiscordSink(DiscordConfig(name="s", type="discord", url=api.url), context)
+        secrets = (api.url, DISCORD_TOKEN)
+        answers = (429, {"message": "rate limited", "retry_after": 0.5}), (404, {"message": "Unknown Webhook",
+                                                                                 "code": 10015})
+    elif kind == "telegram":
+        api = chat.telegram
+        sink = TelegramSink(TelegramConfig(name="s", type="telegram", token=TELEGRAM_TOKEN, chat_id=str(CHAT_ID),
+                                           base_url=api.url), context)
+        secrets = (TELEGRAM_TOKEN,)
+        answers = ((429, {"ok": False, "error_code": 429, "description": "Too Many Requests",
+                          "parameters": {"retry_after": 1}}),
+                   (403, {"ok": False, "error_code": 403, "description": "Forbidden: bot was kicked"}))
+    elif kind == "googlechat":
+        api = chat.gchat
+        sink = GoogleChatSink(GoogleChatConfig(name="s", type="googlechat", url=api.url), context)
+        secrets = (api.url, GCHAT_KEY, GCHAT_TOKEN)
+        answers = ((503, {"error": {"code": 503, "status": "UNAVAILABLE", "message": "later"}}),
+                   (404, {"error": {"code": 404, "status": "NOT_FOUND", "message": "no space"}}))
+    else:
+        if not apprise_available():
+            pytest.skip("the apprise extra is not installed: pip install 'smarterbot-notifier[apprise]'")
+        api = chat.apprise
+        sink = AppriseSink(AppriseConfig(name="s", type="apprise", urls=(api.url,)), context)
+        secrets = (api.url, APPRISE_PASSWORD)
+        answers = (503, ""), (0, "")
+
+    def fail(how: str) -> None:
+        if kind == "apprise" and how != "retryable":
+            pytest.skip("apprise cannot tell a permanent failure: every failure retries")
+        api.answer_next(*answers[0 if how == "retryable" else 1])
+    return Case(sink, lambda: len(api.messages), fail, secrets, lambda: json.dumps(api.messages, ensure_ascii=False))
+
+
+@pytest.fixture(params=["webhook", "slack-webhook", "slack-token", "email", "console", "teams", "discord", "telegram",
+                        "googlechat", "apprise"])
 def case(request: pytest.FixtureRequest, http: aiohttp.ClientSession, receiver: Receiver, slack: SlackStandIn,
-         mailbox: Mailbox) -> Case:
+         mailbox: Mailbox, chat: ChatServers) -> Case:
     context = SinkContext(http=http)
     kind = request.param
+    if kind in ("teams", "discord", "telegram", "googlechat", "apprise"):
+        return chat_case(kind, chat, context)
     if kind == "webhook":
         url = receiver.url + "?token=url-token-secret"
         sink: Sink = WebhookSink(WebhookConfig(name="s", type="webhook", url=url, secret=WEBHOOK_SECRET,

@@ -274,3 +274,64 @@ async def test_webhook_ok_and_api_json_still_deliver(http: aiohttp.ClientSession
     raw_slack.raw = [(200, "text/plain", "ok"), (200, "application/json", '{"ok": true, "ts": "9.9"}')]
     assert await webhook_sink(http, raw_slack).send(delivery()) == "HTTP 200"
     assert await token_sink(http, raw_slack).send(delivery()) == "HTTP 200 ok, ts 9.9"
+
+
+# -- issue 17: operational events ---------------------------------------------------------------------
+
+MENTION = "<!subteam^S0123ABCD|sales>"
+
+
+@pytest.mark.parametrize("make", [webhook_sink, token_sink])
+async def test_hostile_event_is_escaped_and_names_its_title(http: aiohttp.ClientSession, slack: SlackStandIn,
+                                                            make: object) -> None:
+    from .test_sink_events import TITLE, hostile_event
+
+    await make(http, slack).send(hostile_event())  # type: ignore[operator]
+    (message,) = slack.messages
+    assert_safe(message)  # no <!channel>, no <!here>, no link, no @channel, no CR
+    title = "Chatbot Ops \u2217bold\u2217 &lt;!here&gt;\ufffd[2J bot: " + TITLE  # `*` as lookalikes, ESC shown
+    assert message["text"] == title and message["blocks"][0]["text"]["text"] == f"*{title}*"
+    fields = [item["text"] for item in message["blocks"][1]["fields"]]
+    assert fields[0] == "*Error*\n&lt;!channel&gt; &lt;b&gt;revoked&lt;/b&gt; Bcc: x@evil.example {{ 7\u22177 }}"
+    assert "*Code*\n401" in fields
+    assert re.findall(r"\*[^*\n]+\*", "\n".join(mrkdwn_texts(message))) == [
+        f"*{title}*", "*Error*", "*Code*", "*Failing since*", "*Failed polls*"]  # our bold, and only ours
+    assert "chatbot.poll_failing" in json.dumps(message)
+
+
+async def test_an_event_never_carries_the_operators_mention(http: aiohttp.ClientSession, slack: SlackStandIn) -> None:
+    from .test_sink_events import hostile_event
+
+    sink = webhook_sink(http, slack, mention=MENTION)
+    await sink.send(delivery())
+    await sink.send(hostile_event())
+    lead, event = slack.messages
+    assert MENTION in lead["text"] and MENTION in json.dumps(lead)  # the mention is there for a lead
+    assert "subteam" not in json.dumps(event)
+    await sink.send_digest([hostile_event(), hostile_event()])
+    assert "subteam" not in json.dumps(slack.messages[-1])  # a group of events pings nobody either
+
+
+async def test_templated_slack_sink_renders_events_by_default(http: aiohttp.ClientSession, slack: SlackStandIn) -> None:
+    from notifier.config import parse_config
+
+    from .test_sink_events import TITLE, hostile_event
+
+    text = (f'[api]\napi_key = "k"\n[[chatbots]]\nserial_number = "a"\n[sinks.s]\ntype = "slack"\n'
+            f'webhook_url = "{slack.webhook_url}"\ntext = "LEAD {{{{ lead.Name }}}}"\n'
+            'blocks = [{ type = "section", text = { type = "mrkdwn", text = "BLOCK {{ lead.Email }}" } }]\n'
+            'digest_text = "BURST {{ count }}"\n')
+    config = parse_config(text, env={}).sinks["s"]
+    assert isinstance(config, SlackConfig)
+    sink = SlackSink(config, SinkContext(http=http))
+    await sink.send(delivery({**HOSTILE, "Name": "Ann"}))
+    await sink.send(hostile_event())
+    await sink.send_digest([delivery({**HOSTILE, "Name": "Ann"}), hostile_event()])
+    lead, event, digest = slack.messages
+    assert lead["text"] == "LEAD Ann" and lead["blocks"][0]["text"]["text"].startswith("BLOCK ")  # templates used
+    assert TITLE in event["text"] and "LEAD" not in json.dumps(event) and "BLOCK" not in json.dumps(event)
+    assert_safe(event)
+    # a digest with an event in it: the default summary, the event a line of its own
+    assert digest["text"].startswith("2 new leads and appointments") and "BURST" not in json.dumps(digest)
+    assert TITLE in json.dumps(digest, ensure_ascii=False)
+    assert_safe(digest)

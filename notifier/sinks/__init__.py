@@ -7,10 +7,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..redact import RedactingSink
+from .apprise import AppriseConfig, AppriseSink
 from .base import SinkConfig, SinkContext
 from .console import ConsoleConfig, ConsoleSink
+from .discord import DiscordConfig, DiscordSink
 from .email import EmailConfig, EmailSink
+from .googlechat import GoogleChatConfig, GoogleChatSink
 from .slack import SlackConfig, SlackSink
+from .teams import TeamsConfig, TeamsSink
+from .telegram import TelegramConfig, TelegramSink
 from .webhook import WebhookConfig, WebhookSink
 
 if TYPE_CHECKING:
@@ -29,6 +34,11 @@ SINK_TYPES: dict[str, SinkType] = {
     "console": SinkType(ConsoleConfig.from_table, ConsoleSink),
     "slack": SinkType(SlackConfig.from_table, SlackSink),
     "email": SinkType(EmailConfig.from_table, EmailSink),
+    "teams": SinkType(TeamsConfig.from_table, TeamsSink),
+    "discord": SinkType(DiscordConfig.from_table, DiscordSink),
+    "telegram": SinkType(TelegramConfig.from_table, TelegramSink),
+    "googlechat": SinkType(GoogleChatConfig.from_table, GoogleChatSink),
+    "apprise": SinkType(AppriseConfig.from_table, AppriseSink),  # an optional extra: its config says when missing
 }
 
 

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from ..activehours import ActiveHours, read_active_hours
 from ..exceptions import PermanentError, RetryableError
-from ..types import LEAD_TYPES, Clock, Delivery, LeadType
+from ..types import EVENT_KINDS, LEAD_TYPES, Clock, Delivery, LeadType
 
 if TYPE_CHECKING:
     import aiohttp
@@ -35,6 +35,7 @@ class SinkConfig:
     on_flood: OnFlood = "deliver"  # what the flood guard does to this sink
     redact: tuple[str, ...] = ()  # record fields masked in what this sink receives
     active_hours: ActiveHours | None = None  # outside these, deliveries wait (held); None: always
+    events: frozenset[str] = frozenset()  # operational events it takes (events.py), beside its leads
     human: ClassVar[bool] = False  # people read it: it can summarise, and a flood digests by default
 
     def accepts(self, lead_type: str) -> bool:
@@ -48,10 +49,17 @@ class SinkConfig:
             table.report("on_flood", f"a {table.raw('type')} sink has no summary message: "
                                      "use \"deliver\" or \"hold\"")
         on_flood = table.text("on_flood", "digest" if cls.human else "deliver", choices=choices)
+        types = frozenset(table.text_list("types", LEAD_TYPES, choices=LEAD_TYPES, allow_empty=True))
+        events = frozenset(table.text_list("events", (), choices=EVENT_KINDS, allow_empty=True))
+        if not types and not events and not table.failed("types", "events"):
+            kinds = ", ".join(f'"{kind}"' for kind in EVENT_KINDS)
+            table.report("types", "this sink would receive nothing: name lead types, or set `events` "
+                                  f"(an events-only sink: types = [] and events = [{kinds}])")
         return {
             "name": name,
             "type": table.text("type"),
-            "types": frozenset(table.text_list("types", LEAD_TYPES, choices=LEAD_TYPES)),
+            "types": types,
+            "events": events,
             "on_flood": on_flood,
             "redact": table.text_list("redact", (), choices=REDACTABLE, allow_empty=True),
             "active_hours": read_active_hours(table),  # in the sink's `timezone`

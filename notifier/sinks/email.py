@@ -1,7 +1,10 @@
 """Email through aiosmtplib: one readable multipart message per lead (text and HTML), Reply-To
 set to the lead so a salesperson answers with one click. Envelope recipients are always the
 configured ones, and no lead text can reach a header with a line break or an RFC 2047 encoded
-word in it (the email package would decode the word, line breaks and all)."""
+word in it (the email package would decode the word, line breaks and all). The operator's
+templates (`subject`, `text_body`, `html_body` and their digest equivalents) replace the default
+parts they name; in `html_body` every lead value is HTML-escaped. An operational event (events.py)
+is always the default event mail (subject `[SmarterBot] <title>`): lead templates never see it."""
 
 from __future__ import annotations
 
@@ -19,9 +22,12 @@ import aiosmtplib
 import structlog
 
 from ..exceptions import PermanentError, RetryableError
+from ..templatecheck import read_templates
+from ..templates import MessageTemplates, TemplateKey, is_template
 from ..text import safe_text
 from ..types import Delivery
 from .base import SinkBase, SinkConfig, SinkContext
+from .chatformat import event_text
 from .render import header_text, label, load_timezone, local_time, one_line, plain, valid_email
 
 if TYPE_CHECKING:
@@ -31,6 +37,10 @@ Security = Literal["starttls", "tls", "none"]
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
 CONTENT_LIMIT = 50_000
 log = structlog.get_logger("notifier.sinks.email")
+TEMPLATES = (TemplateKey("text_body", "text"), TemplateKey("html_body", "html"),
+             TemplateKey("digest_subject", "text", digest=True), TemplateKey("digest_text", "text", digest=True),
+             TemplateKey("digest_html", "html", digest=True))
+SUBJECT = TemplateKey("subject", "text")  # a template when it holds {{ }}; else the prefix it always was
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +57,7 @@ class EmailConfig(SinkConfig):
     timezone: str = "UTC"
     timeout: float = 30.0
     ca_file: str | None = None
+    templates: MessageTemplates = field(default_factory=MessageTemplates)
 
     @classmethod
     def from_table(cls, name: str, table: Table) -> EmailConfig:
@@ -74,12 +85,15 @@ class EmailConfig(SinkConfig):
             problem = _ca_problem(ca_file)
             if problem is not None:
                 table.report("ca_file", problem)
+        subject = table.data.get("subject")
+        templated = isinstance(subject, str) and is_template(subject)
+        templates = read_templates(table, [*TEMPLATES, *([SUBJECT] if templated else [])], zone)
+        prefix = "" if templated else one_line(table.text("subject", "[SmarterBot]", allow_empty=True), 100)
         return cls(**cls.common(name, table), host=table.text("host"),
                    port=table.number("port", DEFAULT_PORTS[security], minimum=1, maximum=65535, integer=True),
                    security=security, username=username, password=password, sender=sender, to=to,
-                   subject=one_line(table.text("subject", "[SmarterBot]", allow_empty=True), 100),
-                   timezone=zone, timeout=table.number("timeout", 30.0, minimum=1, maximum=600), ca_file=ca_file,
-                   digest_after=cls.digest_setting(table))
+                   subject=prefix, timezone=zone, timeout=table.number("timeout", 30.0, minimum=1, maximum=600),
+                   ca_file=ca_file, digest_after=cls.digest_setting(table), templates=templates)
 
 
 def _ca_problem(ca_file: str) -> str | None:
@@ -102,19 +116,41 @@ def _lead_lines(delivery: Delivery, zone: tzinfo) -> list[tuple[str, str]]:
             ("SessionID", str(lead.key.session_id))]
 
 
+def _event_parts(delivery: Delivery) -> tuple[str, str, str]:
+    """The subject, text and HTML of an operational event. Its title and values are one clean line
+    each (`event_text`), HTML-escaped in the HTML part: the vendor's Message is a stranger's text."""
+    event = event_text(delivery)
+    rows = [*event.lines, ("Event", event.footer)]
+    text = event.title + "\n\n" + "\n".join(f"{k}: {v}" for k, v in rows) + "\n"
+    body = "".join(f"<tr><th align='left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return event.title, text, f"<html><body><h2>{html.escape(event.title)}</h2><table>{body}</table></body></html>"
+
+
+def _summary_line(delivery: Delivery, zone: tzinfo) -> str:
+    if delivery.event:  # events are sent alone; should one be here, it is a line of its own
+        return event_text(delivery).title
+    return " · ".join(v for _, v in _lead_lines(delivery, zone)[:4])
+
+
 def build_message(config: EmailConfig, deliveries: Sequence[Delivery], zone: tzinfo,
                   now_header: str) -> EmailMessage:
     """One lead, or a digest of several. Every header value is one sanitized line. From, To and the
     subject prefix come from the config (checked there); lead text reaches two headers: Subject,
     through `header_text` (no line breaks, no encoded words), and Reply-To, only when the address
     passes `valid_email` (which refuses encoded words and anything parsed back differently)."""
+    templates = config.templates
     message = EmailMessage()
     message["From"] = config.sender
     message["To"] = ", ".join(config.to)
     message["Date"] = now_header
     first = deliveries[0]
     domain = parseaddr(config.sender)[1].rpartition("@")[2] or "smarterbot-notifier"
-    if len(deliveries) == 1:
+    if len(deliveries) == 1 and first.event:
+        title, text, html_body = _event_parts(first)
+        subject = f"{config.subject or '[SmarterBot]'} {header_text(title, 300)}"
+        message["Message-ID"] = f"<{first.webhook_id}@{domain}>"  # the same on every retry
+        rendered: dict[str, str] = {}  # lead templates would print nonsense for an event
+    elif len(deliveries) == 1:
         lead = first.lead
         who = header_text(lead.name, 80) or header_text(lead.email, 80) or "someone"
         subject = f"{label(first)}: {who} via {header_text(first.chatbot, 60)}"
@@ -127,16 +163,29 @@ def build_message(config: EmailConfig, deliveries: Sequence[Delivery], zone: tzi
         body = "".join(f"<tr><th align='left'>{k}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
         html_body = (f"<html><body><h2>{html.escape(label(first))}</h2><table>{body}</table>"
                      f"<h3>Message</h3><pre style='white-space:pre-wrap'>{html.escape(content)}</pre></body></html>")
+        subject = f"{config.subject} {subject}"
+        parts = ("subject", "text_body", "html_body")
+        rendered = {key: templates.render(key, first) for key in parts if templates.has(key)}
     else:
         subject = f"{len(deliveries)} new leads and appointments"
-        items = [" · ".join(v for _, v in _lead_lines(d, zone)[:4]) for d in deliveries]
+        items = [_summary_line(d, zone) for d in deliveries]
         text = subject + ":\n\n" + "\n".join(f"- {item}" for item in items) + "\n"
         html_body = (f"<html><body><h2>{html.escape(subject)}</h2><ul>"
                      + "".join(f"<li>{html.escape(item)}</li>" for item in items) + "</ul></body></html>")
+        subject = f"{config.subject} {subject}"
+        digest = {"digest_subject": "subject", "digest_text": "text_body", "digest_html": "html_body"}
+        rendered = {part: templates.render_digest(key, deliveries) for key, part in digest.items()
+                    if templates.has(key) and not any(d.event for d in deliveries)}
+    subject = rendered.get("subject", subject)
+    if "text_body" in rendered:  # the operator's text: the default HTML would tell another story
+        text, html_body = rendered["text_body"], rendered.get("html_body", "")
+    else:
+        html_body = rendered.get("html_body", html_body)
     # the whole value once more: pieces put side by side must not spell an encoded word either
-    message["Subject"] = header_text(f"{config.subject} {subject}", 400)
+    message["Subject"] = header_text(subject.strip(), 400)
     message.set_content(text)
-    message.add_alternative(html_body, subtype="html")
+    if html_body:
+        message.add_alternative(html_body, subtype="html")
     return message
 
 

@@ -1,6 +1,9 @@
 """Slack, through slack-sdk's async clients: an incoming webhook or a bot token. The outbox owns
 retries, so the clients get no retry handlers of their own and a quiet logger (slack-sdk logs URLs
-and bodies at DEBUG, and both the webhook URL and the token are secrets)."""
+and bodies at DEBUG, and both the webhook URL and the token are secrets). The message is the
+default card, or the operator's `text` / `blocks` / `digest_text` templates (lead values escaped
+as mrkdwn), with the operator's `mention` in front. An operational event (events.py) is always
+the default event card, never a lead template and never the mention."""
 
 from __future__ import annotations
 
@@ -19,15 +22,24 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from ..exceptions import PermanentError, RetryableError
+from ..templatecheck import read_templates
+from ..templates import MessageTemplates, TemplateKey
 from ..text import safe_text
-from ..types import Delivery
+from ..types import LEAD_TYPES, Delivery, LeadType
 from .base import SinkBase, SinkConfig, SinkContext, parse_retry_after
+from .chatformat import event_text
 from .render import label, load_timezone, local_time, slack_field, slack_quote, valid_email
 
 if TYPE_CHECKING:
     from ..tomlsource import Table
 
 TEXT_LIMIT = 3000  # Slack's limit for one text object
+MESSAGE_LIMIT = 4000  # a message's top-level text: Slack's advice (it truncates at 40,000)
+TEMPLATES = (TemplateKey("text", "slack"), TemplateKey("blocks", "slack", data=True),
+             TemplateKey("digest_text", "slack", digest=True))
+# who an operator may ping: users, user groups, and the channel-wide three
+_PING = r"<(?:@[UW][A-Z0-9]{2,}|!subteam\^[A-Z0-9]{2,}(?:\|[^<>|\s]{1,80})?|!here|!channel|!everyone)>"
+_MENTIONS = re.compile(rf"{_PING}(?:\s+{_PING})*")
 FIELD_LIMIT = 2000
 SLACK_API = "https://slack.com/api/"
 _quiet = logging.getLogger("notifier.sinks.slack.sdk")
@@ -49,6 +61,9 @@ class SlackConfig(SinkConfig):
     timezone: str = "UTC"
     timeout: float = 10.0
     min_interval: float = 1.0  # Slack allows about one message per second per channel
+    mention: str | None = None  # the operator's ping, in front of every message (of `mention_types`)
+    mention_types: frozenset[LeadType] = frozenset(LEAD_TYPES)
+    templates: MessageTemplates = field(default_factory=MessageTemplates)
 
     @classmethod
     def from_table(cls, name: str, table: Table) -> SlackConfig:
@@ -73,8 +88,20 @@ class SlackConfig(SinkConfig):
             load_timezone(zone)
         except ValueError as exc:
             table.report("timezone", str(exc))
+        mention = table.text("mention", None)
+        if mention is not None and not _MENTIONS.fullmatch(mention.strip()):
+            table.report("mention", "must be Slack mentions such as <@U0123ABCD>, <!subteam^S0123ABCD|sales> or "
+                                    "<!here> (a plain @name pings nobody)")
+        mention_types = table.text_list("mention_types", LEAD_TYPES, choices=LEAD_TYPES)
+        if table.has("mention_types") and mention is None:
+            table.report("mention_types", "only applies with mention")
+        blocks = table.data.get("blocks")
+        if blocks is not None and not (isinstance(blocks, list) and all(isinstance(b, dict) for b in blocks)):
+            table.report("blocks", "must be an array of tables (Block Kit blocks)")
         return cls(**cls.common(name, table), webhook_url=webhook_url, token=token, channel=channel,
                    base_url=base_url.rstrip("/") + "/", timezone=zone,
+                   mention=mention.strip() if mention else None, mention_types=frozenset(mention_types),
+                   templates=read_templates(table, TEMPLATES, zone),
                    timeout=table.number("timeout", 10.0, minimum=0.1, maximum=300),
                    min_interval=table.number("min_interval", 1.0, minimum=0, maximum=60),
                    digest_after=cls.digest_setting(table))
@@ -104,12 +131,35 @@ def lead_blocks(delivery: Delivery, zone: tzinfo) -> tuple[str, list[dict[str, A
     return fallback[:TEXT_LIMIT], blocks
 
 
+def event_blocks(delivery: Delivery) -> tuple[str, list[dict[str, Any]]]:
+    """The fallback text and the Block Kit message for an operational event: its title in bold,
+    its (label, value) lines as fields, the payload type and webhook-id as context. The title and
+    every value are escaped as lead fields are (`slack_field`): the vendor's Message is a
+    stranger's text, and a chatbot's name may hold anything."""
+    text = event_text(delivery)
+    title = slack_field(text.title, TEXT_LIMIT - 10)
+    blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": f"*{title}*"}}]
+    if text.lines:
+        blocks.append({"type": "section", "fields": [
+            {"type": "mrkdwn", "text": f"*{slack_field(k, 100)}*\n{slack_field(v, FIELD_LIMIT - 120) or '—'}"}
+            for k, v in text.lines[:10]]})  # Slack takes at most 10 fields
+    # the footer is ours (a fixed type and the webhook-id), unescaped so the id can be copied
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": text.footer}]})
+    return slack_field(text.title, TEXT_LIMIT), blocks
+
+
+def _digest_line(d: Delivery, zone: tzinfo) -> str:
+    if d.event:  # events are sent alone; should one be here, it is a line of its own
+        return f"• *{slack_field(event_text(d).title, 300)}*"
+    return (f"• *{d.lead.type}* {slack_field(d.lead.name, 80) or '—'} · {slack_field(d.lead.email, 80) or '—'} · "
+            f"{slack_field(d.chatbot, 60)} · {local_time(d, zone)}")
+
+
 def digest_blocks(deliveries: Sequence[Delivery], zone: tzinfo) -> tuple[str, list[dict[str, Any]]]:
     """One message listing many leads: at most 45 sections of at most 3,000 characters."""
     chatbots = sorted({d.chatbot for d in deliveries})
     title = f"{len(deliveries)} new leads and appointments"
-    lines = [f"• *{d.lead.type}* {slack_field(d.lead.name, 80) or '—'} · {slack_field(d.lead.email, 80) or '—'} · "
-             f"{slack_field(d.chatbot, 60)} · {local_time(d, zone)}" for d in deliveries]
+    lines = [_digest_line(d, zone) for d in deliveries]
     sections: list[str] = []
     current = ""
     shown = 0
@@ -145,16 +195,58 @@ class SlackSink(SinkBase):
                                        retry_handlers=[], logger=_quiet, user_agent_prefix=context.user_agent)
 
     def render(self, delivery: Delivery) -> str:
+        text, blocks = self.message(delivery)
+        return json.dumps({"text": text, **({"blocks": blocks} if blocks else {})}, ensure_ascii=False, indent=2)
+
+    def message(self, delivery: Delivery) -> tuple[str, list[dict[str, Any]] | None]:
+        """The top-level text and the blocks (None: a text message) for one lead: the operator's
+        templates where set, the default card otherwise; the mention in front. An event: always
+        the default event card (a lead template would print nonsense), never the mention."""
+        if delivery.event:
+            text, blocks = event_blocks(delivery)
+            return _cut(text, TEXT_LIMIT), blocks
+        templates = self.config.templates
         text, blocks = lead_blocks(delivery, self.zone)
-        return json.dumps({"text": text, "blocks": blocks}, ensure_ascii=False, indent=2)
+        if templates.has("text"):
+            text = templates.render("text", delivery)
+        if templates.has("blocks"):
+            blocks = _cut_leaves(templates.render_data("blocks", delivery))
+        elif templates.has("text"):
+            return self._mentioned(text, None, [delivery]), None
+        return self._mentioned(text, blocks, [delivery]), self._ping_block(blocks, [delivery])
+
+    def digest(self, deliveries: Sequence[Delivery]) -> tuple[str, list[dict[str, Any]] | None]:
+        """The operator's `digest_text` for leads; the default digest when an event is among them."""
+        if self.config.templates.has("digest_text") and not any(d.event for d in deliveries):
+            return self._mentioned(self.config.templates.render_digest("digest_text", deliveries), None,
+                                   deliveries), None
+        text, blocks = digest_blocks(deliveries, self.zone)
+        return self._mentioned(text, blocks, deliveries), self._ping_block(blocks, deliveries)
+
+    def _pings(self, deliveries: Sequence[Delivery]) -> bool:
+        return self.config.mention is not None and any(
+            d.lead.type in self.config.mention_types for d in deliveries if not d.event)
+
+    def _mentioned(self, text: str, blocks: list[dict[str, Any]] | None, deliveries: Sequence[Delivery]) -> str:
+        """The top-level text, cut to Slack's limits; with the operator's mention in front."""
+        limit = TEXT_LIMIT if blocks else MESSAGE_LIMIT  # with blocks it is the notification's text
+        if self._pings(deliveries):
+            text = f"{self.config.mention} {text}"
+        return _cut(text, limit)
+
+    def _ping_block(self, blocks: list[dict[str, Any]], deliveries: Sequence[Delivery]) -> list[dict[str, Any]]:
+        """The blocks, with a first section holding only the operator's mention when it applies."""
+        if not self._pings(deliveries):
+            return blocks
+        return [{"type": "section", "text": {"type": "mrkdwn", "text": self.config.mention}}, *blocks]
 
     async def send(self, delivery: Delivery) -> str | None:
-        return await self._post(*lead_blocks(delivery, self.zone))
+        return await self._post(*self.message(delivery))
 
     async def send_digest(self, deliveries: Sequence[Delivery]) -> str | None:
-        return await self._post(*digest_blocks(deliveries, self.zone))
+        return await self._post(*self.digest(deliveries))
 
-    async def _post(self, text: str, blocks: list[dict[str, Any]]) -> str:
+    async def _post(self, text: str, blocks: list[dict[str, Any]] | None) -> str:
         """Never `link_names` or `parse=full`: lead text must not become mentions or links."""
         try:
             if self._webhook is not None:
@@ -229,6 +321,28 @@ class SlackSink(SinkBase):
             if secret:
                 text = text.replace(secret, "[secret]")
         return safe_text(_URLISH.sub("[secret]", text), 100) or "(empty body)"
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text` in at most `limit` characters, without splitting an escaped `&amp;`, `&lt;` or `&gt;`."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 1]
+    amp = cut.rfind("&", max(0, len(cut) - 4))
+    if amp != -1 and ";" not in cut[amp:]:
+        cut = cut[:amp]
+    return cut + "…"
+
+
+def _cut_leaves(value: Any) -> Any:
+    """Rendered Block Kit: every string within Slack's limit for one text object."""
+    if isinstance(value, str):
+        return _cut(value, TEXT_LIMIT)
+    if isinstance(value, dict):
+        return {key: _cut_leaves(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_cut_leaves(item) for item in value]
+    return value
 
 
 def _webhook_ok(body: str) -> bool:

@@ -6,6 +6,7 @@ from .records import (
     INT64,
     OUTSIDE_HOURS,
     Attempt,
+    EventRecord,
     Instance,
     LeadQuery,
     LeadRecord,
@@ -22,6 +23,6 @@ from .records import (
     webhook_id,
 )
 
-__all__ = ["INT64", "OUTSIDE_HOURS", "Attempt", "Instance", "LeadQuery", "LeadRecord", "Migrated", "OutboxRow",
-           "Outcome", "Parked", "PollRecord", "Requeued", "Role", "SinkCounts", "SinkState", "Snapshot", "State",
-           "Unsettled", "open_state", "probe", "webhook_id"]
+__all__ = ["INT64", "OUTSIDE_HOURS", "Attempt", "EventRecord", "Instance", "LeadQuery", "LeadRecord", "Migrated",
+           "OutboxRow", "Outcome", "Parked", "PollRecord", "Requeued", "Role", "SinkCounts", "SinkState", "Snapshot",
+           "State", "Unsettled", "open_state", "probe", "webhook_id"]

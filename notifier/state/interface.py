@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from ..types import Delivery
 from .records import (
+    EventRecord,
     Instance,
     LeadQuery,
     LeadRecord,
@@ -97,6 +98,14 @@ class State(Protocol):
         """The outcomes of many attempts in one transaction (one per dispatcher turn), each with
         its ledger line. `force` writes even where `problem` forbids it (at exit)."""
 
+    async def record_event(self, event: EventRecord) -> int:
+        """An operational event and a pending delivery for each of its sinks, durably; an event
+        recorded before (the same identity) is left as it is. Returns the deliveries queued."""
+
+    async def open_outages(self, serials: Collection[str] | None = None) -> dict[str, int]:
+        """serial -> the start (µs) of its last `poll.failing` event not followed by a
+        `poll.recovered` (of `serials`, or of every chatbot): outages already announced."""
+
     async def release_waiting(self, now: float, sinks: Mapping[str, int | None]) -> int:
         """The deliveries of these sinks held for their active hours (an Outcome `wait`) are due
         now, oldest first; where more than `sinks[sink]` of one sink wait, as one digest batch
@@ -164,6 +173,9 @@ class State(Protocol):
     async def own(self, serials: Collection[str], now: float) -> frozenset[str] | None:
         """Which of these chatbots this instance polls now, renewing its leases on them (called
         every few seconds); None: all of them (an engine that has one instance at a time)."""
+
+    async def disown(self) -> None:
+        """Hand every chatbot this instance polls over to the others at once (a clean stop)."""
 
     async def owners(self) -> dict[str, str]:
         """serial -> the id of the instance polling it now (empty: one instance polls them all)."""

@@ -34,6 +34,22 @@ class PollRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class EventRecord:
+    """An operational event (notifier/events.py), recorded like a lead: its identity (serial,
+    a negative SessionID, an instant) makes the same event one row, `raw` is its data, and it
+    gets a delivery for each of `sinks` (none if it was recorded before)."""
+
+    serial: str
+    session_id: int
+    created_us: int
+    chatbot: str
+    kind: str
+    raw: dict[str, Any]
+    detected_at: datetime
+    sinks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What became of one attempt of the claimed deliveries `ids` (one, or a digest's): delivered
     (`detail` is the receiver's receipt), to be retried at `next_at`, dead, or `release`d
@@ -48,6 +64,7 @@ class Outcome:
     next_at: float | None = None
     detail: str | None = None
     status: str | None = None
+    events: tuple[EventRecord, ...] = ()  # recorded in the same transaction (a `delivery.dead`)
 
 
 @dataclass(frozen=True, slots=True)

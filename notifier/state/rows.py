@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from ..leads import lead_from_stored
-from ..types import Delivery, LeadKey
+from ..types import EVENT_KINDS, Delivery, LeadKey
 from .records import OUTSIDE_HOURS
 from .times import moment
 
@@ -36,4 +36,5 @@ def delivery(row: tuple[Any, ...]) -> Delivery:
     (outbox_id, sink, attempts, batch, serial, session_id, created_us, chatbot, kind, raw, detected_us, sent_on) = row
     lead = lead_from_stored(LeadKey(serial, session_id, created_us), kind, json.loads(raw))
     return Delivery(id=outbox_id, sink=sink, chatbot=chatbot, lead=lead, detected_at=moment(detected_us),
-                    attempts=attempts, batch=batch, any_hour=bool(sent_on))
+                    attempts=attempts, batch=batch, any_hour=bool(sent_on),
+                    event=kind if kind in EVENT_KINDS else None)

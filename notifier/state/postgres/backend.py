@@ -35,6 +35,7 @@ from ...types import Delivery
 from ..location import url_problem
 from ..opening import Role
 from ..records import (
+    EventRecord,
     Instance,
     LeadQuery,
     LeadRecord,
@@ -49,7 +50,7 @@ from ..records import (
     Unsettled,
 )
 from ..times import moment_us, us
-from . import deliveries, ownership, polls, queries, registry, schema
+from . import deliveries, events, ownership, polls, queries, registry, schema
 from .deadline import bounded
 from .errors import FAILURES, UNAVAILABLE, Where
 from .groupcommit import PollGroups
@@ -274,6 +275,12 @@ class PostgresState:
     async def pace(self, sink: str, interval: float) -> float:
         return await self._tx("pacing a sink", ownership.pace, sink, interval)
 
+    async def record_event(self, event: EventRecord) -> int:
+        return await self._tx("recording an event", events.write_event, event)
+
+    async def open_outages(self, serials: Collection[str] | None = None) -> dict[str, int]:
+        return await self._read("reading open outages", events.open_outages, serials)
+
     async def release_waiting(self, now: float, sinks: Mapping[str, int | None]) -> int:
         waiting = await self._read("reading waiting deliveries", deliveries.waiting_sinks, list(sinks)) if sinks else []
         if not waiting:
@@ -337,6 +344,9 @@ class PostgresState:
         mine, taken = await self._tx("owning chatbots", ownership.own, self.instance, serials, now)
         self.takeovers += taken
         return mine
+
+    async def disown(self) -> None:
+        await self._tx("handing chatbots over", ownership.disown, self.instance)
 
     async def owners(self) -> dict[str, str]:
         return await self._read("reading chatbot owners", ownership.owners)

@@ -19,6 +19,7 @@ from ...types import Delivery
 from ..records import Outcome
 from ..rows import DELIVERY_COLUMNS, WAITING, delivery
 from ..times import cut, seconds, us
+from .events import write_event
 from .polls import next_batch
 from .processes import PROCESS_TABLE, SERVER_NOW_US, alive
 
@@ -136,6 +137,9 @@ async def settle(conn: Conn, outcomes: Sequence[Outcome], instance: str) -> None
             ([i for _, i in wait], [us(o.at) for o, _ in wait],
              [us(o.next_at if o.next_at is not None else o.at) for o, _ in wait], [o.detail for o, _ in wait],
              instance))
+    for outcome in outcomes:
+        for event in outcome.events:
+            await write_event(conn, event)
     if release := of("release"):
         await conn.execute(
             "UPDATE outbox o SET next_at_us = u.at, claim = NULL FROM unnest(%s::bigint[], %s::bigint[]) AS u(id, at) "
@@ -171,15 +175,18 @@ async def waiting_sinks(conn: Conn, sinks: Collection[str]) -> list[str]:
 async def release_waiting(conn: Conn, now_us: int, sinks: Mapping[str, int | None]) -> int:
     """As SQLite's: the deliveries waiting for these sinks' active hours are due now, oldest
     first, as one digest batch where more than the sink's number wait."""
-    cursor = await conn.execute(f"SELECT sink, count(*) FROM outbox WHERE sink = ANY(%s::text[]) AND {WAITING} "  # noqa: S608
-                                "GROUP BY sink", (list(sinks),))
+    cursor = await conn.execute("SELECT o.sink, count(*) FILTER (WHERE l.type IN ('Lead', 'Appointment')) "  # noqa: S608
+                                f"FROM outbox o JOIN leads l ON l.id = o.lead_id WHERE o.sink = ANY(%s::text[]) "
+                                f"AND o.{WAITING} GROUP BY o.sink", (list(sinks),))
     released = 0
     for sink, count in await cursor.fetchall():
         digest_over = sinks[sink]
         batch = await next_batch(conn) if digest_over is not None and count > digest_over else None
-        cursor = await conn.execute(f"UPDATE outbox SET state = 'pending', next_at_us = %s, last_error = NULL, "  # noqa: S608
-                                    f"batch = %s, updated_at_us = %s WHERE sink = %s AND {WAITING}",
-                                    (now_us, batch, now_us, sink))
+        # an event goes on its own, never in a summary of leads
+        cursor = await conn.execute(f"UPDATE outbox o SET state = 'pending', next_at_us = %s, last_error = NULL, "  # noqa: S608
+                                    "batch = CASE WHEN l.type IN ('Lead', 'Appointment') THEN %s::bigint END, "
+                                    f"updated_at_us = %s FROM leads l WHERE l.id = o.lead_id AND o.sink = %s "
+                                    f"AND o.{WAITING}", (now_us, batch, now_us, sink))
         released += cursor.rowcount
     return released
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from ..._version import __version__
 from ...types import Delivery
 from ..records import (
+    EventRecord,
     Instance,
     LeadQuery,
     LeadRecord,
@@ -32,7 +33,7 @@ from ..records import (
     Unsettled,
 )
 from ..times import moment_us, us
-from . import deliveries, polls, queries
+from . import deliveries, events, polls, queries
 from .file import StateFile, lock_holder
 from .groupcommit import Recorder
 from .moving import export, import_snapshot
@@ -120,6 +121,13 @@ class SQLiteState:
     async def pace(self, sink: str, interval: float) -> float:
         return 0.0  # one daemon per file: its own pacing is all there is
 
+    async def record_event(self, event: EventRecord) -> int:
+        with self.file.transaction() as db:
+            return events.write_event(db, event)
+
+    async def open_outages(self, serials: Collection[str] | None = None) -> dict[str, int]:
+        return self.file.read(events.open_outages, serials)
+
     async def release_waiting(self, now: float, sinks: Mapping[str, int | None]) -> int:
         waiting = self.file.read(deliveries.waiting_sinks, list(sinks)) if sinks else []
         if not waiting:
@@ -193,6 +201,9 @@ class SQLiteState:
 
     async def own(self, serials: Collection[str], now: float) -> frozenset[str] | None:
         return None  # one daemon per file (its lock): it polls every chatbot
+
+    async def disown(self) -> None:
+        return None  # nobody to hand over to
 
     async def owners(self) -> dict[str, str]:
         return {}

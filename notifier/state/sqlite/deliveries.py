@@ -13,6 +13,7 @@ from ...types import Delivery
 from ..records import Outcome
 from ..rows import DELIVERY_COLUMNS, WAITING, delivery
 from ..times import cut, seconds, us
+from .events import write_event
 from .polls import next_batch
 
 _ONLY = "AND o.id IN (SELECT value FROM json_each(?)) "
@@ -101,6 +102,9 @@ def settle(db: sqlite3.Connection, outcomes: Sequence[Outcome], instance: str) -
     db.executemany("UPDATE outbox SET next_at_us = ?, claim = NULL WHERE id = ? AND claim = ?", release)
     db.executemany("UPDATE outbox SET state = 'held', next_at_us = ?, last_error = ?, claim = NULL, batch = NULL, "
                    "updated_at_us = ? WHERE id = ? AND claim = ?", wait)
+    for outcome in outcomes:
+        for event in outcome.events:
+            write_event(db, event)
 
 
 def waiting_sinks(db: sqlite3.Connection, sinks: Collection[str]) -> list[str]:
@@ -114,14 +118,14 @@ def release_waiting(db: sqlite3.Connection, now_us: int, sinks: Mapping[str, int
     digest batch where more than the sink's number wait (None: one by one)."""
     released = 0
     for sink, digest_over in sinks.items():
-        ids = [row[0] for row in db.execute(f"SELECT id FROM outbox WHERE sink = ? AND {WAITING} "  # noqa: S608
-                                            "ORDER BY id", (sink,))]
-        if not ids:
-            continue
-        batch = next_batch(db) if digest_over is not None and len(ids) > digest_over else None
+        rows = db.execute(f"SELECT id, (SELECT type FROM leads WHERE leads.id = lead_id) IN ('Lead', 'Appointment') "  # noqa: S608
+                          f"FROM outbox WHERE sink = ? AND {WAITING} ORDER BY id", (sink,)).fetchall()
+        leads = sum(1 for _, lead in rows if lead)
+        batch = next_batch(db) if digest_over is not None and leads > digest_over else None
         db.executemany("UPDATE outbox SET state = 'pending', next_at_us = ?, last_error = NULL, batch = ?, "
-                       "updated_at_us = ? WHERE id = ?", [(now_us, batch, now_us, i) for i in ids])
-        released += len(ids)
+                       "updated_at_us = ? WHERE id = ?",  # an event goes on its own, never in a summary of leads
+                       [(now_us, batch if lead else None, now_us, i) for i, lead in rows])
+        released += len(rows)
     return released
 
 

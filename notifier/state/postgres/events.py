@@ -1,0 +1,44 @@
+"""Operational events in the PostgreSQL state: as SQLite's (sqlite/events.py), one statement
+each, and the other instances woken when deliveries were queued."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from ..records import EventRecord
+from ..rows import encode_raw
+from ..times import moment_us
+from .listener import WORK
+
+Conn = AsyncConnection[Any]
+
+_RECORD = (
+    "WITH lead AS (INSERT INTO leads (serial, session_id, created_us, chatbot, type, raw, detected_at_us, notified) "  # noqa: S608
+    "VALUES (%(serial)s, %(session)s, %(created)s, %(chatbot)s, %(kind)s, %(raw)s, %(now)s, false) "
+    "ON CONFLICT (serial, session_id, created_us) DO NOTHING RETURNING id), "
+    "queued AS (INSERT INTO outbox (lead_id, sink, state, next_at_us, created_at_us, updated_at_us) "
+    "SELECT lead.id, s.sink, 'pending', %(now)s, %(now)s, %(now)s FROM lead, unnest(%(sinks)s::text[]) AS s(sink) "
+    "ON CONFLICT (lead_id, sink) DO NOTHING RETURNING 1), "
+    f"wake AS (SELECT pg_notify('{WORK}', '') FROM (SELECT 1 FROM queued LIMIT 1) AS any_queued) "
+    "SELECT (SELECT count(*) FROM queued), (SELECT count(*) FROM wake)")
+_OPEN = ("SELECT f.serial, f.since FROM (SELECT serial, max(created_us) AS since FROM leads "
+         "WHERE type = 'poll.failing' AND (%(all)s OR serial = ANY(%(serials)s::text[])) GROUP BY serial) f "
+         "WHERE NOT EXISTS (SELECT 1 FROM leads r WHERE r.serial = f.serial AND r.type = 'poll.recovered' "
+         "AND r.created_us >= f.since)")
+
+
+async def write_event(conn: Conn, event: EventRecord) -> int:
+    cursor = await conn.execute(_RECORD, {
+        "serial": event.serial, "session": event.session_id, "created": event.created_us, "chatbot": event.chatbot,
+        "kind": event.kind, "raw": encode_raw(event.raw), "now": moment_us(event.detected_at),
+        "sinks": list(event.sinks)})
+    row = await cursor.fetchone()
+    return 0 if row is None else int(row[0])
+
+
+async def open_outages(conn: Conn, serials: Collection[str] | None) -> dict[str, int]:
+    cursor = await conn.execute(_OPEN, {"all": serials is None, "serials": [] if serials is None else list(serials)})
+    return {serial: int(since) for serial, since in await cursor.fetchall()}
