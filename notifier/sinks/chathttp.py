@@ -8,19 +8,20 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import aiohttp
 
 from ..exceptions import DeliveryError, PermanentError, RetryableError
 from ..text import safe_text
-from .base import MAX_RETRY_AFTER, SinkConfig, SinkContext, parse_retry_after, raise_for_http
+from .base import MAX_RETRY_AFTER, SinkBase, SinkConfig, SinkContext, parse_retry_after, raise_for_http
 from .render import load_timezone
 
 if TYPE_CHECKING:
     from ..tomlsource import Table
+    from ..types import Delivery
 
 READ_LIMIT = 64 * 1024  # an answer is a small JSON document; more is not read
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
@@ -136,3 +137,33 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
         if key.lower() == name.lower():
             return value
     return None
+
+
+Message = TypeVar("Message")
+
+
+class ChatSink(SinkBase, Generic[Message]):
+    """A chat service's sink: one message per lead (an event's own, or a digest's), built by
+    `message`/`digest`, posted by `_post`; `test-sink` shows the request body as it is sent."""
+
+    def message(self, delivery: Delivery) -> Message:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def digest(self, deliveries: Sequence[Delivery]) -> Message:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def payload(self, message: Message) -> Any:
+        """The JSON body a message is sent as."""
+        return message
+
+    async def _post(self, message: Message) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def render(self, delivery: Delivery) -> str:
+        return json.dumps(self.payload(self.message(delivery)), ensure_ascii=False, indent=2)
+
+    async def send(self, delivery: Delivery) -> str | None:
+        return await self._post(self.message(delivery))
+
+    async def send_digest(self, deliveries: Sequence[Delivery]) -> str | None:
+        return await self._post(self.digest(deliveries))

@@ -7,7 +7,6 @@ without an embed, cut to 2,000 characters; the role's ping goes in front."""
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,9 +19,9 @@ from ..templatecheck import read_templates
 from ..templates import MessageTemplates, TemplateKey
 from ..text import safe_text
 from ..types import LEAD_TYPES, Delivery, LeadType
-from .base import SinkBase, SinkConfig, SinkContext
+from .base import SinkConfig, SinkContext
 from .chatformat import DISCORD_ATOM, cut, digest_title, discord, event_text, lead_text, more, utf16_len
-from .chathttp import Answer, Poster, chat_options, encode, seconds
+from .chathttp import Answer, ChatSink, Poster, chat_options, encode, seconds
 from .render import load_timezone, local_time
 
 if TYPE_CHECKING:
@@ -186,7 +185,7 @@ def digest_message(deliveries: Sequence[Delivery], zone: tzinfo, role: str | Non
     return {**_mentions(role, title), "embeds": [embed]}
 
 
-class DiscordSink(SinkBase):
+class DiscordSink(ChatSink[dict[str, Any]]):
     def __init__(self, config: DiscordConfig, context: SinkContext) -> None:
         self.name = config.name
         self.config = config
@@ -214,15 +213,6 @@ class DiscordSink(SinkBase):
             return text_message(self.config.templates.render_digest("digest_text", deliveries),
                                 self._role(deliveries))
         return digest_message(deliveries, self.zone, self._role(deliveries))
-
-    def render(self, delivery: Delivery) -> str:
-        return json.dumps(self.message(delivery), ensure_ascii=False, indent=2)
-
-    async def send(self, delivery: Delivery) -> str | None:
-        return await self._post(self.message(delivery))
-
-    async def send_digest(self, deliveries: Sequence[Delivery]) -> str | None:
-        return await self._post(self.digest(deliveries))
 
     async def _post(self, message: dict[str, Any]) -> str:
         answer = await self._poster.post(self._url, encode(message))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,9 +21,9 @@ from ..templatecheck import read_templates
 from ..templates import MessageTemplates, TemplateKey
 from ..text import safe_text
 from ..types import Delivery
-from .base import SinkBase, SinkConfig, SinkContext, public_url
+from .base import SinkConfig, SinkContext, public_url
 from .chatformat import card_html, clean, cut, digest_title, event_text, gchat_text, lead_text, more, utf16_len
-from .chathttp import Answer, Poster, chat_options, encode
+from .chathttp import Answer, ChatSink, Poster, chat_options, encode
 from .render import load_timezone, local_time
 
 if TYPE_CHECKING:
@@ -173,7 +172,7 @@ def digest_message(deliveries: Sequence[Delivery], zone: tzinfo) -> dict[str, An
     return message
 
 
-class GoogleChatSink(SinkBase):
+class GoogleChatSink(ChatSink[dict[str, Any]]):
     def __init__(self, config: GoogleChatConfig, context: SinkContext) -> None:
         self.name = config.name
         self.config = config
@@ -196,15 +195,6 @@ class GoogleChatSink(SinkBase):
             return text_message(self.config.templates.render_digest("digest_text", deliveries),
                                 {d.lead.key.serial_number for d in deliveries})
         return digest_message(deliveries, self.zone)
-
-    def render(self, delivery: Delivery) -> str:
-        return json.dumps(self.message(delivery), ensure_ascii=False, indent=2)
-
-    async def send(self, delivery: Delivery) -> str | None:
-        return await self._post(self.message(delivery))
-
-    async def send_digest(self, deliveries: Sequence[Delivery]) -> str | None:
-        return await self._post(self.digest(deliveries))
 
     async def _post(self, message: dict[str, Any]) -> str:
         answer = await self._poster.post(self._url, encode(message))

@@ -9,7 +9,6 @@ TextRuns, one line each (so neither the template nor a value is read as markdown
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
@@ -20,9 +19,9 @@ from ..exceptions import PermanentError
 from ..templatecheck import read_templates
 from ..templates import MessageTemplates, TemplateKey
 from ..types import Delivery
-from .base import SinkBase, SinkConfig, SinkContext, public_url
+from .base import SinkConfig, SinkContext, public_url
 from .chatformat import digest_title, event_text, lead_text, more, text_run
-from .chathttp import Answer, Poster, chat_options, encode
+from .chathttp import Answer, ChatSink, Poster, chat_options, encode
 from .render import load_timezone, local_time
 
 if TYPE_CHECKING:
@@ -169,7 +168,7 @@ def digest_message(deliveries: Sequence[Delivery], zone: tzinfo) -> dict[str, An
     return message
 
 
-class TeamsSink(SinkBase):
+class TeamsSink(ChatSink[dict[str, Any]]):
     def __init__(self, config: TeamsConfig, context: SinkContext) -> None:
         self.name = config.name
         self.config = config
@@ -190,15 +189,6 @@ class TeamsSink(SinkBase):
         if self.config.templates.has("digest_text"):
             return text_message(self.config.templates.render_digest("digest_text", deliveries))
         return digest_message(deliveries, self.zone)
-
-    def render(self, delivery: Delivery) -> str:
-        return json.dumps(self.message(delivery), ensure_ascii=False, indent=2)
-
-    async def send(self, delivery: Delivery) -> str | None:
-        return await self._post(self.message(delivery))
-
-    async def send_digest(self, deliveries: Sequence[Delivery]) -> str | None:
-        return await self._post(self.digest(deliveries))
 
     async def _post(self, message: dict[str, Any]) -> str:
         """A 2xx only says the flow was started: what the flow then does is not reported back."""

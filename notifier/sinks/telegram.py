@@ -8,7 +8,6 @@ rendering carries the URL."""
 from __future__ import annotations
 
 import html
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,9 +19,9 @@ from ..templatecheck import read_templates
 from ..templates import MessageTemplates, TemplateKey
 from ..text import safe_text
 from ..types import Delivery
-from .base import SinkBase, SinkConfig, SinkContext, public_url
+from .base import SinkConfig, SinkContext, public_url
 from .chatformat import cut_html, digest_title, event_text, lead_text, more, telegram, utf16_len
-from .chathttp import Answer, Poster, chat_options, encode, seconds
+from .chathttp import Answer, ChatSink, Poster, chat_options, encode, seconds
 from .render import load_timezone, local_time
 
 if TYPE_CHECKING:
@@ -130,7 +129,7 @@ def digest_message(deliveries: Sequence[Delivery], zone: tzinfo) -> str:
     return (out + more(len(deliveries), shown)).strip()
 
 
-class TelegramSink(SinkBase):
+class TelegramSink(ChatSink[str]):
     def __init__(self, config: TelegramConfig, context: SinkContext) -> None:
         self.name = config.name
         self.config = config
@@ -160,15 +159,6 @@ class TelegramSink(SinkBase):
         if self.config.templates.has("digest_text"):
             return _templated(self.config.templates.render_digest("digest_text", deliveries))
         return digest_message(deliveries, self.zone)
-
-    def render(self, delivery: Delivery) -> str:
-        return json.dumps(self.payload(self.message(delivery)), ensure_ascii=False, indent=2)
-
-    async def send(self, delivery: Delivery) -> str | None:
-        return await self._post(self.message(delivery))
-
-    async def send_digest(self, deliveries: Sequence[Delivery]) -> str | None:
-        return await self._post(self.digest(deliveries))
 
     async def _post(self, text: str) -> str:
         answer = await self._poster.post(self._url, encode(self.payload(text)))
