@@ -4,6 +4,7 @@ also proves Apprise runs off the event loop: the stand-in answers on the same lo
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import aiohttp
@@ -94,3 +95,12 @@ def test_config_checks_urls_and_registers_their_tokens(monkeypatch: pytest.Monke
     monkeypatch.setattr(apprise_sink, "_apprise", lambda: None)
     with pytest.raises(ConfigError, match=r"sinks\.chat\.type: \"apprise\" needs the apprise extra: pip install"):
         parse_config(config_text(f'type = "apprise"\nurls = ["{url}"]'), env={})
+
+
+async def test_no_at_word_reaches_apprise(http: aiohttp.ClientSession, chat: ChatServers) -> None:
+    """The review's finding: Apprise's Discord plugin finds `@name` anywhere in a body (even in
+    x@everyone) and makes it a ping it allows; every `@` before a word is defused."""
+    api = chat.apprise
+    await sink(http, api.url).send(delivery(Name="Eve x@everyone", Content="call me.@here or a@123456789012345678"))
+    body = api.messages[-1]["message"]
+    assert re.findall(r"@(?=[\w&!])", body) == [] and "everyone" in body and "123456789012345678" in body

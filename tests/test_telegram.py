@@ -241,3 +241,25 @@ def test_a_cut_template_message_still_parses(markup: str, limit: int) -> None:
     else:
         full = visible(markup, TELEGRAM_TAGS)
         assert shown.endswith("…") and full.startswith(shown[:-1]) and utf16(out) <= limit
+
+
+def tdlib_mentions(text: str) -> list[str]:
+    """The usernames Telegram would notify: TDLib starts a mention at any `@` that no letter,
+    digit or `_` precedes (td/telegram/MessageEntity.cpp, match_mentions)."""
+    return re.findall(r"(?<![^\W_]|_)@([A-Za-z0-9_]{2,32})", text)
+
+
+async def test_no_mention_survives_after_a_dot_dash_plus_or_bracket(http: aiohttp.ClientSession,
+                                                                     chat: ChatServers) -> None:
+    """The review's finding: `.@user`, `-@user`, `+@user` were left live (the `@` rule skipped
+    them); in the default message and in a template alike."""
+    hostile = delivery(Name="Eve.@durov", Content="ping -@durov and +@durov and (@durov) mail a@b.org")
+    await sink(http, chat).send(hostile)
+    templates = parse_config(config_text(
+        f'type = "telegram"\ntoken = "{TELEGRAM_TOKEN}"\nchat_id = "{CHAT_ID}"\n'
+        'text = "{{ lead.Name }}: {{ lead.Content }}"'), env={}).sinks["chat"]
+    assert isinstance(templates, TelegramConfig)
+    templated = sink(http, chat, templates=templates.templates)
+    await templated.send(hostile)
+    for shown in chat.telegram.texts[-2:]:
+        assert tdlib_mentions(shown) == [] and "durov" in shown and "a@b.org" in shown

@@ -44,7 +44,9 @@ if TYPE_CHECKING:
 
 INSTALL = "pip install 'smarterbot-notifier[apprise]'"
 BODY_LIMIT = 4000
-_AT_WORD = re.compile(r"(?<![\w.+-])@(?=[\w&!])")
+# every `@` before a word: Apprise's own Discord plugin finds `@name` anywhere (even in x@everyone)
+# and turns it into a ping it allows; an email address loses nothing to the invisible joiner
+_AT_WORD = re.compile(r"@(?=[\w&!])")
 
 
 def available() -> bool:

@@ -27,7 +27,9 @@ _UNSAFE = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u202
                      "\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _BLANK_LINES = re.compile(r"\n{3,}")
-_AT_WORD = re.compile(r"(?<![\w.+-])@(?=[\w&!])")  # @everyone, @username, <@&id> (not a@b.org)
+# @everyone, @username, <@&id> — wherever no letter, digit or _ comes before the `@` (TDLib's own
+# rule: `.@user`, `-@user`, `(@user)` are mentions in Telegram), so not a@b.org
+_AT_WORD = re.compile(r"(?<!\w)@(?=[\w&!])")
 _DISCORD_SPECIAL = re.compile(r"([\\*_~`|<>#\-\[\]()]|(?<=\d)\.)")
 _GCHAT_LOOKALIKES = str.maketrans({"*": "\u2217", "_": "\u02cd", "~": "\u223c", "`": "\u02cb",
                                    "<": "\u2039", ">": "\u203a"})
