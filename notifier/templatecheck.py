@@ -185,6 +185,10 @@ class _Reader:
         """Unknown variables, and unknown lead fields written `lead.Field`, anywhere in the template
         (also in a branch the samples do not take)."""
         ast = self.env.parse(source)
+        if next(ast.find_all(nodes.EvalContextModifier), None) is not None:  # also the scoped one
+            self._report(path, "`{% autoescape %}` is not allowed: every value is escaped for where it goes, "
+                               "and nothing a lead wrote may become markup")
+            return True
         for name in sorted(meta.find_undeclared_variables(ast) - self.allowed):
             close = suggestion(name, self.allowed - set(self.env.globals))
             known = ", ".join(DIGEST_VARIABLES if self.key.digest else LEAD_VARIABLES)

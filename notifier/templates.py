@@ -27,6 +27,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any, Literal
 
 from jinja2 import StrictUndefined, Template, TemplateError, Undefined, nodes
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.visitor import NodeTransformer
 from markupsafe import Markup
@@ -69,17 +70,49 @@ class TemplateKey:
 
 
 # -- the environments: one per escaping, shared by every sink --------------------------------------
-_ENVIRONMENTS: dict[Escape, ImmutableSandboxedEnvironment] = {}
+MAX_PRODUCT = 100_000  # characters (or items) `"x" * n` may make: a template is a message, not a bomb
+MAX_RANGE = 10_000  # items `range()` may give in a template
 
 
-def environment(escape: Escape) -> ImmutableSandboxedEnvironment:
+class Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, with `*` and `**` bounded: `"x" * 100000000` or `9 ** 9 ** 9`
+    (synchronous, on the event loop) must not stall the daemon or fill its memory."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and _number(right) and abs(right) > 64:
+            raise SecurityError(f"exponent {right!r} is too large for a template")
+        if operator == "*":
+            for sized, times in ((left, right), (right, left)):
+                if isinstance(sized, str | list | tuple) and _number(times) and len(sized) * times > MAX_PRODUCT:
+                    raise SecurityError(f"`*` would make more than {MAX_PRODUCT:,} characters or items")
+        return super().call_binop(context, operator, left, right)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _bounded_range(*args: int) -> range:
+    found = range(*args)
+    if len(found) > MAX_RANGE:
+        raise OverflowError(f"range() of more than {MAX_RANGE:,} items in a template")
+    return found
+
+
+_ENVIRONMENTS: dict[Escape, Sandbox] = {}
+
+
+def environment(escape: Escape) -> Sandbox:
     env = _ENVIRONMENTS.get(escape)
     if env is None:
         people = escape != "data"  # a body's strings are data: kept exactly, no whitespace control
-        env = ImmutableSandboxedEnvironment(
+        env = Sandbox(
             undefined=StrictUndefined, autoescape=escape in _AUTOESCAPE, finalize=_finalizer(escape),
             trim_blocks=people, lstrip_blocks=people, cache_size=0, auto_reload=False)
         env.filters["datetime"] = datetime_filter
+        env.globals["range"] = _bounded_range
         del env.filters["safe"]  # nothing a lead wrote may be marked as markup
         _ENVIRONMENTS[escape] = env
     return env

@@ -418,3 +418,20 @@ async def test_redaction_absent_fields_and_dict_methods(http: aiohttp.ClientSess
     record = {key: value for key, value in HOSTILE.items() if key not in ("PhoneNumber", "Count")}
     await sink.send(delivery({**record, "Email": "jane@example.org", "get": "a field named get"}))
     assert screen.getvalue() == "j***@example.org|-||\n"  # masked; lead.get is still the method
+
+
+@pytest.mark.parametrize(("template", "said"), [
+    ("{% autoescape false %}{{ lead.Name }}{% endautoescape %}", "`{% autoescape %}` is not allowed"),
+    ('{{ "x" * 100000000 }}', "would make more than 100,000 characters"),
+    ("{{ 9 ** 100000000 }}", "exponent"),
+    ("{% for i in range(1000000) %}{{ i }}{% endfor %}", "range() of more than 10,000 items"),
+])
+def test_what_would_turn_markup_loose_or_stall_the_daemon_is_a_config_error(template: str, said: str) -> None:
+    """The review's findings: `{% autoescape false %}` let a lead's HTML through to email and
+    Telegram; `"x" * 100000000` or `9 ** 100000000` (rendered on the event loop) took seconds and
+    100 MB per lead."""
+    text = ('[api]\napi_key = "k-12345678"\n[sinks.tg]\ntype = "telegram"\ntoken = "123456:' + "A" * 35 + '"\n'
+            f'chat_id = "-100123"\ntext = {json.dumps(template)}\n[[chatbots]]\nserial_number = "s1"\n')
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "config.toml", env={})
+    assert [p.key for p in info.value.problems] == ["sinks.tg.text"] and said in info.value.problems[0].message
