@@ -10,6 +10,7 @@ secret (scrubbed from logs and command output): a webhook body often carries an 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from datetime import UTC, tzinfo
@@ -92,7 +93,7 @@ class _Reader:
         if not isinstance(value, str):
             self._report((), "must be a string (a template)")
             return None
-        return self._template(self._expand((), value), ())
+        return self._template(self._expand((), value, literal=True), ())
 
     def program(self, tree: Any) -> Compiled | None:
         """Every checked template of this key as one program (see `Compiled`), run once more with
@@ -113,9 +114,11 @@ class _Reader:
         where = (*self.table.path, self.key.name, *path)
         self.table.child({}, where[:-1]).report(where[-1], message)
 
-    def _expand(self, path: tuple[str | int, ...], value: str) -> str:
+    def _expand(self, path: tuple[str | int, ...], value: str, *, literal: bool = False) -> str:
         """${VAR} from the environment, as in every config string; what it brings in is treated as a
-        secret (scrubbed from logs and command output): a body often carries an API key."""
+        secret (scrubbed from logs and command output): a body often carries an API key. In a
+        template (`literal`) it goes in as a string literal, never as template source: a password
+        holding `{{` or `{#` is sent as written, and never quoted by a syntax error."""
         def replace(match: re.Match[str]) -> str:
             if match.group(1):
                 return "${" + match.group(2) + "}"
@@ -123,8 +126,9 @@ class _Reader:
             if name not in self.table.env:
                 self._report(path, f"environment variable {name} is not set")
                 return match.group(0)
-            self.table.secrets.append(self.table.env[name])
-            return self.table.env[name]
+            secret = self.table.env[name]
+            self.table.secrets.append(secret)
+            return "{{ " + json.dumps(secret, ensure_ascii=False) + " }}" if literal else secret
         return _ENV.sub(replace, value)
 
     def _leaf(self, value: Any, path: tuple[str | int, ...]) -> Any:
@@ -137,9 +141,9 @@ class _Reader:
         if not isinstance(value, str):
             self._report(path, "is a TOML date or time, which JSON has not: write it as a string")
             return None
-        text = self._expand(path, value)
-        if not is_template(text):
-            return text
+        if not is_template(value):  # judged before ${VAR} comes in: a secret never makes a leaf a template
+            return self._expand(path, value)
+        text = self._expand(path, value, literal=True)
         if self.key.escape == "data" and (one := _ONE_EXPRESSION.fullmatch(text)):
             return self._expression(one.group(1), text, path)
         return self._template(text, path)

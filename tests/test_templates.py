@@ -435,3 +435,18 @@ def test_what_would_turn_markup_loose_or_stall_the_daemon_is_a_config_error(temp
     with pytest.raises(ConfigError) as info:
         parse_config(text, "config.toml", env={})
     assert [p.key for p in info.value.problems] == ["sinks.tg.text"] and said in info.value.problems[0].message
+
+
+@pytest.mark.parametrize("secret", ["pa{#ss#}word99", "Zx9{{ lead.Name }}Qq", "k3y{{x}}77", 'q"uo\\te{% raw %}😀\n'])
+async def test_an_environment_secret_goes_into_a_body_as_written(http: aiohttp.ClientSession, secret: str) -> None:
+    """The review's finding: `${VAR}` was pasted into the template source, so a password holding
+    `{#` lost characters, one holding `{{ … }}` was run, and one that did not compile was quoted
+    by the config error. It is a string, in a plain leaf and beside a template alike."""
+    text = ('[api]\napi_key = "k-12345678"\n[sinks.sms]\ntype = "webhook"\nurl = "http://127.0.0.1:9/"\n'
+            'body = { auth = "${SMS_PASS}", header = "Bearer ${SMS_PASS} for {{ lead.Name }}" }\n'
+            '[[chatbots]]\nserial_number = "s1"\n')
+    config = parse_config(text, "config.toml", env={"SMS_PASS": secret})
+    assert secret in config.secrets
+    sink = WebhookSink(config.sinks["sms"], SinkContext(http=http))  # type: ignore[arg-type]
+    body = json.loads(sink.body(lead(Name="Ada")))
+    assert body == {"auth": secret, "header": f"Bearer {secret} for Ada"}
