@@ -346,7 +346,7 @@ class ChatbotPoller:
         status.last_error = None
         status.retry_after = None
         status.last_success = self.clock()
-        if self.watch is not None and self.watch.since is not None and await self.watch.succeeded(status.last_success):
+        if self.watch is not None and not self.watch.idle and await self.watch.succeeded(status.last_success):
             self.on_queued()
         if self.metrics is not None:
             self._series()[2].set(status.last_success.timestamp())

@@ -153,9 +153,11 @@ class Service:
                 poller.status = old.status
                 poller.watch = old.watch
                 poller.watch.chatbot, poller.watch.routes = chatbot, self.routes
-            else:
+            elif not keep:  # at start: every open outage was read
                 poller.watch = OutageWatch.resuming(chatbot, self.store, self.routes,
                                                     self._outages.get(chatbot.serial_number))
+            else:  # added by a reload: the state is asked at its first poll
+                poller.watch = OutageWatch(chatbot, self.store, self.routes)
             poller.event_routes = self.routes
             pollers.append(poller)
         return pollers
@@ -390,6 +392,7 @@ class Service:
         loop = asyncio.get_running_loop()
         asked = loop.time()
         taken = self.store.takeovers
+        before = self.owned
         try:
             self.owned = await self.store.own([p.chatbot.serial_number for p in self.pollers],
                                               self.clock().timestamp())
@@ -400,6 +403,10 @@ class Service:
         self._owned_until = asked + OWNERSHIP_HOLDS
         if self.owned is not None and self._scheduler is not None:
             self._scheduler.adopt(self.owned)  # taken over (or ours again after an outage): polled at once
+        if self.owned is not None and before is not None and (gained := self.owned - before):
+            for poller in self.pollers:  # another instance may have announced an outage of theirs
+                if poller.chatbot.serial_number in gained and poller.watch is not None:
+                    poller.watch.unsure = True
         self.metrics.chatbots_owned.set(len(self.pollers) if self.owned is None else len(self.owned))
         self._share_rate()
         return self.owned is not None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from notifier.logs import register_secrets
 from notifier.service import Service
 from notifier.simulator import Simulator
 from notifier.sinks import SinkConfig
-from notifier.state import EventRecord, PollRecord, SinkCounts, State
+from notifier.state import EventRecord, LeadQuery, PollRecord, SinkCounts, State
 from notifier.state.sqlite import SQLiteState
 from notifier.types import Delivery
 
@@ -163,3 +163,29 @@ async def test_a_revoked_key_tells_the_ops_sink_once_per_outage_across_a_restart
     assert recovered["data"]["since"] == failing["data"]["since"] and recovered["data"]["down_seconds"] >= 0
     assert len(told("chatbot.poll_failing")) == 1 and [r.json["type"] for r in receiver.accepted].count(
         "chatbot.poll_recovered") == 1
+
+
+async def test_an_outage_is_announced_once_whichever_instance_polls_the_chatbot(state: State) -> None:
+    """The review's finding: each instance kept its own outage, so a chatbot moving to another
+    instance (or a reload) announced it again, or its recovery was never told. Two watches of
+    one chatbot on one state, as two instances: one `poll.failing`, one `poll.recovered`."""
+    from notifier.config import ChatbotConfig
+    from notifier.exceptions import ApiError
+    from notifier.outages import OutageWatch
+
+    chatbot = ChatbotConfig(name="beta", serial_number="s-beta", interval=1, lookback_days=2, first_run="baseline",
+                            api_key="k", sinks=(), alert_after=60)
+    taking = routes(ops=("poll.failing", "poll.recovered"))
+    revoked = ApiError("beta", "secret key revoked", code=401)
+    first = OutageWatch.resuming(chatbot, state, taking, None)
+    assert not await first.failed(NOW, revoked)
+    assert await first.failed(NOW + timedelta(seconds=61), revoked)  # announced by the first owner
+    second = OutageWatch(chatbot, state, taking)  # the chatbot moved to another instance
+    assert not await second.failed(NOW + timedelta(seconds=62), revoked)
+    assert not await second.failed(NOW + timedelta(seconds=200), revoked)  # past alert_after: not again
+    assert second.announced and second.since == NOW
+    assert await second.succeeded(NOW + timedelta(seconds=300))  # it tells the recovery
+    first.unsure = True  # the chatbot came back to the first instance
+    assert not await first.succeeded(NOW + timedelta(seconds=301))  # closed: nothing to tell again
+    kinds = [r.type for r in await state.find_leads(LeadQuery())]
+    assert sorted(kinds) == ["poll.failing", "poll.recovered"]

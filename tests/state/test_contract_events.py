@@ -79,3 +79,17 @@ async def test_an_event_waiting_for_active_hours_is_never_in_a_summary_of_leads(
     groups = await state.claim(T0 + 60, {"slack": 10}, lease=60)
     assert sorted(sorted((d.event or d.lead.type, d.batch is None) for d in group) for group in groups) == [
         [("Lead", False), ("Lead", False), ("Lead", False)], [("poll.failing", True)]]
+
+
+async def test_one_poll_failing_and_one_poll_recovered_per_outage_whoever_asks(state: State) -> None:
+    """Several instances (or a restart, or a reload) may each think they should announce an
+    outage or its end: the state records one of each per outage."""
+    assert await state.record_event(failing()) == 1
+    other_start = START + timedelta(minutes=3)  # another instance saw the outage begin later
+    assert await state.record_event(failing(since=other_start)) == 0
+    assert await state.open_outages() == {SERIAL: int(START.timestamp() * 1_000_000)}
+    recovered = events.replace_sinks(events.poll_recovered("Bot A", SERIAL, START, NOW), ("ops",))
+    assert await state.record_event(recovered) == 1
+    later = events.replace_sinks(events.poll_recovered("Bot A", SERIAL, START, NOW + timedelta(seconds=5)), ("ops",))
+    assert await state.record_event(later) == 0  # nothing open to recover
+    assert await state.open_outages() == {}

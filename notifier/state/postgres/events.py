@@ -24,6 +24,11 @@ _RECORD = (
     "ON CONFLICT (lead_id, sink) DO NOTHING RETURNING 1), "
     f"wake AS (SELECT pg_notify('{WORK}', '') FROM (SELECT 1 FROM queued LIMIT 1) AS any_queued) "
     "SELECT (SELECT count(*) FROM queued), (SELECT count(*) FROM wake)")
+OUTAGE_KINDS = ("poll.failing", "poll.recovered")
+OUTAGE_LOCK = 0x53424F55  # "SBOU": with the chatbot's hash, the advisory lock of its outage events
+_IS_OPEN = ("EXISTS (SELECT 1 FROM leads f WHERE f.serial = %(serial)s AND f.type = 'poll.failing' AND NOT EXISTS "
+            "(SELECT 1 FROM leads r WHERE r.serial = f.serial AND r.type = 'poll.recovered' "
+            "AND r.created_us >= f.created_us))")
 _OPEN = ("SELECT f.serial, f.since FROM (SELECT serial, max(created_us) AS since FROM leads "
          "WHERE type = 'poll.failing' AND (%(all)s OR serial = ANY(%(serials)s::text[])) GROUP BY serial) f "
          "WHERE NOT EXISTS (SELECT 1 FROM leads r WHERE r.serial = f.serial AND r.type = 'poll.recovered' "
@@ -31,6 +36,14 @@ _OPEN = ("SELECT f.serial, f.since FROM (SELECT serial, max(created_us) AS since
 
 
 async def write_event(conn: Conn, event: EventRecord) -> int:
+    """As SQLite's (one of each outage event per outage), in a transaction the caller holds: a
+    lock per chatbot makes two instances deciding at once decide one after the other."""
+    if event.kind in OUTAGE_KINDS:
+        await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (OUTAGE_LOCK, event.serial))
+        cursor = await conn.execute(f"SELECT {_IS_OPEN}", {"serial": event.serial})
+        row = await cursor.fetchone()
+        if bool(row and row[0]) == (event.kind == "poll.failing"):
+            return 0
     cursor = await conn.execute(_RECORD, {
         "serial": event.serial, "session": event.session_id, "created": event.created_us, "chatbot": event.chatbot,
         "kind": event.kind, "raw": encode_raw(event.raw), "now": moment_us(event.detected_at),

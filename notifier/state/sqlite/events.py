@@ -11,13 +11,23 @@ from ..records import EventRecord
 from ..rows import encode_raw
 from ..times import moment_us
 
+OUTAGE_KINDS = ("poll.failing", "poll.recovered")
+_IS_OPEN = ("EXISTS (SELECT 1 FROM leads f WHERE f.serial = ?1 AND f.type = 'poll.failing' AND NOT EXISTS "
+            "(SELECT 1 FROM leads r WHERE r.serial = f.serial AND r.type = 'poll.recovered' "
+            "AND r.created_us >= f.created_us))")
 _OPEN = ("SELECT f.serial, f.since FROM (SELECT serial, max(created_us) AS since FROM leads "
          "WHERE type = 'poll.failing' {only}GROUP BY serial) f WHERE NOT EXISTS (SELECT 1 FROM leads r "
          "WHERE r.serial = f.serial AND r.type = 'poll.recovered' AND r.created_us >= f.since)")
 
 
 def write_event(db: sqlite3.Connection, event: EventRecord) -> int:
-    """The event and its deliveries; nothing when the same event was recorded before."""
+    """The event and its deliveries; nothing when the same event was recorded before, for a
+    `poll.failing` while the chatbot's outage is announced already, and for a `poll.recovered`
+    while it has none (whichever instance, restart or reload tries: one of each per outage)."""
+    if event.kind in OUTAGE_KINDS:
+        is_open = db.execute(f"SELECT {_IS_OPEN}", (event.serial,)).fetchone()[0]
+        if bool(is_open) == (event.kind == "poll.failing"):
+            return 0
     now = moment_us(event.detected_at)
     cursor = db.execute(
         "INSERT OR IGNORE INTO leads (serial, session_id, created_us, chatbot, type, raw, detected_at_us, notified) "
