@@ -253,7 +253,7 @@ async def test_a_version_1_database_is_upgraded_and_its_instances_judged_as_befo
     for dead and release its claims while it sends them)."""
     first = await PostgresState.open(url, "daemon")
     await first.close()
-    await run_sql(url, "ALTER TABLE instances DROP COLUMN seen_us")
+    await run_sql(url, "ALTER TABLE instances DROP COLUMN seen_us, DROP COLUMN owning_count, DROP COLUMN wanting")
     await run_sql(url, "DROP INDEX owners_by_instance")
     await run_sql(url, f"UPDATE {MARKER} SET version = 1")
     await run_sql(url, "INSERT INTO instances (id, host, pid, version, started_us, heartbeat_us) "
@@ -458,6 +458,30 @@ async def test_renewing_ownership_rewrites_one_row_however_many_chatbots(
     assert await state.own(serials, now) == frozenset(serials)
     assert await run_sql(url, "SELECT serial, xmin::text FROM owners ORDER BY serial") == before
     assert await run_sql(url, "SELECT xmin::text FROM instances WHERE id = %s", (state.instance,)) != [instance_before]
+
+
+async def test_instances_knowing_different_chatbots_leave_none_unpolled(
+        url: str, opened: list[PostgresState]) -> None:
+    """A rolling config change: two instances know 100 chatbots, the third those and 10 more.
+    Each stopped at its own share, and 5 chatbots every instance knows were polled by nobody (the
+    review's finding). Every chatbot has an owner, one that knows it, and it stays so."""
+    common = [f"bot-{i:03d}" for i in range(100)]
+    extras = [f"new-{i}" for i in range(10)]
+    states = [await PostgresState.open(url, "daemon") for _ in range(3)]
+    opened.extend(states)
+    lists = [common, common, common + extras]
+    now = wall()
+    for _ in range(6):  # renewals, in turn, as the instances do every 2 s
+        for state, serials in zip(states, lists, strict=True):
+            await state.own(serials, now)
+    owners = await states[0].owners()
+    assert sorted(owners) == sorted(common + extras)
+    assert {owners[s] for s in extras} == {states[2].instance}
+    epochs = await run_sql(url, "SELECT serial, instance, epoch FROM owners ORDER BY serial")
+    for _ in range(3):  # settled: nobody gives back what nobody else would take
+        for state, serials in zip(states, lists, strict=True):
+            await state.own(serials, now)
+    assert await run_sql(url, "SELECT serial, instance, epoch FROM owners ORDER BY serial") == epochs
 
 
 async def test_a_paced_sink_is_paced_for_every_instance(url: str, opened: list[PostgresState]) -> None:

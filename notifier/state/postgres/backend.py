@@ -68,6 +68,7 @@ POOL_TIMEOUT = 10.0  # seconds a call waits for a free connection before it is S
 CALL_DEADLINE = 30.0  # seconds a daemon's (or sender's) call may take: a server that hangs stops nothing
 OPERATOR_DEADLINE = 60.0  # seconds an operator command's call may take (`state migrate`'s copy has none)
 CLOSE_TIMEOUT = 2.0  # seconds closing may take for its last write
+LOOK_EVERY = 15  # renewals (2 s each) between two full looks for chatbots nobody polls
 KEEP_ALIVE = LIVE / 3  # seconds between the refreshes of a sender's (or a daemon's) instance row
 
 # The pool logs every failed reconnect (a warning a second while a server restarts, and the
@@ -90,6 +91,7 @@ class PostgresState:
         self._groups = PollGroups(self._record_group)
         self.insist_on_sync = True  # SET LOCAL synchronous_commit = on when recording (not if the server says so)
         self.takeovers = 0  # chatbots taken over from an instance whose lease had run out
+        self._owning_calls = 0
         self.clock_offset: float | None = None  # this host's wall clock minus the server's, at the last beat
         # an operator's query has a deadline too (`state migrate`'s copy takes as long as it takes)
         self.deadline: float | None = (CALL_DEADLINE if self._registers else
@@ -341,7 +343,9 @@ class PostgresState:
         return self.problem
 
     async def own(self, serials: Collection[str], now: float) -> frozenset[str] | None:
-        mine, taken = await self._tx("owning chatbots", ownership.own, self.instance, serials, now)
+        self._owning_calls += 1
+        look = self._owning_calls % LOOK_EVERY == 1  # the first, then every 30 s: free ones the counts miss
+        mine, taken = await self._tx("owning chatbots", ownership.own, self.instance, serials, now, look=look)
         self.takeovers += taken
         return mine
 

@@ -35,50 +35,62 @@ _LEASED = f"i.stopped_us IS NULL AND i.owning_us >= {SERVER_NOW_US} - %(lease)s"
 _LAPSED = f"NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = owners.instance AND {_LEASED})"  # noqa: S608
 
 
-async def own(conn: Conn, instance: str, serials: Collection[str], now: float) -> tuple[frozenset[str], int]:
+async def own(conn: Conn, instance: str, serials: Collection[str], now: float, *,
+              look: bool = False) -> tuple[frozenset[str], int]:
     """The chatbots of `serials` this instance owns after this call, and how many it took over
-    from another instance whose lease had run out."""
+    from another instance whose lease had run out. `look`: look for free chatbots even when the
+    counts say there are none (instances knowing different chatbots in a rolling change)."""
     wanted = set(serials)
     if not wanted:
         return frozenset(), 0
-    lease = {"lease": us(OWNER_LEASE), "me": instance}
+    lease = {"lease": us(OWNER_LEASE), "me": instance, "wanting": len(wanted)}
     # renewing is this one row; the instances sharing the chatbots are those that renewed within
     # a lease (a dead or cut-off one stops counting when its lease lapses: the others take its share)
     cursor = await conn.execute(
-        f"WITH renewed AS (UPDATE instances SET owning_us = {SERVER_NOW_US} WHERE id = %(me)s RETURNING id) "  # noqa: S608
-        f"SELECT count(*) FROM instances i WHERE {_LEASED} AND i.id NOT IN (SELECT id FROM renewed)", lease)
-    row = await cursor.fetchone()
-    live = 1 + (int(row[0]) if row is not None else 0)
+        f"WITH renewed AS (UPDATE instances SET owning_us = {SERVER_NOW_US}, wanting = %(wanting)s "  # noqa: S608
+        "WHERE id = %(me)s RETURNING id) SELECT coalesce(i.owning_count, 0), coalesce(i.wanting, 0) "
+        f"FROM instances i WHERE {_LEASED} AND i.id NOT IN (SELECT id FROM renewed)", lease)
+    others = [(int(owning), int(wanting)) for owning, wanting in await cursor.fetchall()]
+    live = 1 + len(others)
     share = math.ceil(len(wanted) / live)
+    # how many chatbots the others lack of their shares: only that many are worth giving back
+    short = sum(max(0, math.ceil(wanting / live) - owning) for owning, wanting in others)
     cursor = await conn.execute("SELECT serial FROM owners WHERE instance = %s", (instance,))
     owned = {serial for (serial,) in await cursor.fetchall()}
     mine = owned & wanted
-    extra = sorted(owned - wanted) + sorted(mine)[share:]  # chatbots it no longer knows, and beyond its share
+    beyond = max(0, min(len(mine) - share, short))
+    extra = sorted(owned - wanted) + sorted(mine)[len(mine) - beyond:]  # no longer known, and beyond its share
     if extra:  # a new instance joined (or the config changed): given back, the others take them at once
         await conn.execute("DELETE FROM owners WHERE instance = %s AND serial = ANY(%s::text[])", (instance, extra))
         mine -= set(extra)
     taken = 0
-    if len(mine) < share:
+    held_by_live = len(mine) + sum(owning for owning, _ in others)
+    if look or len(mine) < share or held_by_live < len(wanted):  # some may be free: the owners are read
         cursor = await conn.execute(f"SELECT serial FROM owners WHERE NOT {_LAPSED}", lease)  # noqa: S608
         held = {serial for (serial,) in await cursor.fetchall()}
         candidates = sorted(wanted - held)
         random.shuffle(candidates)
-        cursor = await conn.execute(
-            "INSERT INTO owners (serial, instance, epoch, until_us) "  # noqa: S608
-            "SELECT serial, %(me)s, 1, 0 FROM unnest(%(candidates)s::text[]) AS serial "
-            "ON CONFLICT (serial) DO UPDATE SET instance = excluded.instance, epoch = owners.epoch + 1 "
-            f"WHERE {_LAPSED} RETURNING serial, epoch",
-            {**lease, "candidates": candidates[: share - len(mine)]})
-        for serial, epoch in await cursor.fetchall():
-            mine.add(serial)
-            taken += epoch > 1
+        # up to its share while others are short of theirs; every free one when nobody else is
+        # (a chatbot only this instance knows, in a rolling change, would be polled by nobody)
+        room = max(0, share - len(mine)) if short else len(candidates)
+        if candidates and room:
+            cursor = await conn.execute(
+                "INSERT INTO owners (serial, instance, epoch, until_us) "  # noqa: S608
+                "SELECT serial, %(me)s, 1, 0 FROM unnest(%(candidates)s::text[]) AS serial "
+                "ON CONFLICT (serial) DO UPDATE SET instance = excluded.instance, epoch = owners.epoch + 1 "
+                f"WHERE {_LAPSED} RETURNING serial, epoch", {**lease, "candidates": candidates[:room]})
+            for serial, epoch in await cursor.fetchall():
+                mine.add(serial)
+                taken += epoch > 1
+    await conn.execute("UPDATE instances SET owning_count = %s WHERE id = %s AND owning_count IS DISTINCT FROM %s",
+                       (len(mine), instance, len(mine)))
     return frozenset(mine), taken
 
 
 async def disown(conn: Conn, instance: str) -> None:
     """A clean stop hands every chatbot over at once."""
     await conn.execute("DELETE FROM owners WHERE instance = %s", (instance,))
-    await conn.execute("UPDATE instances SET owning_us = NULL WHERE id = %s", (instance,))
+    await conn.execute("UPDATE instances SET owning_us = NULL, owning_count = 0 WHERE id = %s", (instance,))
 
 
 async def owners(conn: Conn) -> dict[str, str]:

@@ -17,7 +17,9 @@ Version 2: `instances.seen_us`, each process's last sign of life on the server's
 whether an instance is alive (and its claims may be released) does not depend on which host's
 clock judges it. Rows without it (an instance of version 1 still running in a rolling upgrade)
 are judged by their own heartbeat, as before. Chatbot ownership is leased per instance
-(`instances.owning_us`; `owners.until_us` is no longer read), found by `owners_by_instance`.
+(`instances.owning_us`; `owners.until_us` is no longer read), found by `owners_by_instance`;
+each instance says how many chatbots it polls and knows (`owning_count`, `wanting`), so the
+others see who is short of its share without counting the owners.
 """
 
 from __future__ import annotations
@@ -93,7 +95,9 @@ _CREATE = (
         status text,
         processes text NOT NULL DEFAULT '',
         owning_us bigint,
-        seen_us bigint
+        seen_us bigint,
+        owning_count bigint,
+        wanting bigint
     )""",
     "CREATE TABLE paces (sink text PRIMARY KEY, next_us bigint NOT NULL)",
     """CREATE TABLE owners (
@@ -117,7 +121,8 @@ _CREATE = (
 
 # Each step takes a database from version n to n + 1.
 _STEPS: dict[int, tuple[str, ...]] = {
-    1: ("ALTER TABLE instances ADD COLUMN seen_us bigint", "CREATE INDEX owners_by_instance ON owners (instance)"),
+    1: ("ALTER TABLE instances ADD COLUMN seen_us bigint", "ALTER TABLE instances ADD COLUMN owning_count bigint",
+        "ALTER TABLE instances ADD COLUMN wanting bigint", "CREATE INDEX owners_by_instance ON owners (instance)"),
 }
 _NOW_US = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
 
