@@ -124,10 +124,12 @@ class Dispatcher:
             opens = self.hours.closed(name, moment) if self.hours else None
             if opens is not None:  # outside its hours: what is due waits (an operator's sends go)
                 for group in await self.store.claim(now, {name: free}, lease=self.lease, only=self.only):
-                    if all(d.any_hour for d in group):
-                        started += self._start(name, group)
-                    else:
+                    if not all(d.any_hour for d in group):
                         self._outcomes.append(self.hours.wait(group, opens, moment))
+                    elif (wait := await self._paced_wait(name, sink)) > 0:  # paced at any hour, too
+                        self._outcomes.append(Outcome(tuple(d.id for d in group), "release", now + wait))
+                    else:
+                        started += self._start(name, group)
                 continue
             if sink.min_interval > 0:  # paced: one message at a time, min_interval apart
                 if self._per_sink.get(name):
@@ -145,6 +147,15 @@ class Dispatcher:
             for group in await self.store.claim(now, {name: free}, lease=self.lease, only=self.only):
                 started += self._start(name, group)
         return started
+
+    async def _paced_wait(self, name: str, sink: Sink) -> float:
+        """Seconds before a paced sink may send again (this process, then the cluster); 0: now."""
+        if sink.min_interval <= 0:
+            return 0.0
+        if self._per_sink.get(name):
+            return sink.min_interval
+        wait = self._ready_at.get(name, 0.0) - asyncio.get_running_loop().time()
+        return wait if wait > 0 else await self.store.pace(name, sink.min_interval)
 
     def _start(self, name: str, group: Sequence[Delivery]) -> int:
         self._per_sink[name] = self._per_sink.get(name, 0) + 1

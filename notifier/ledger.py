@@ -16,6 +16,7 @@ from .exceptions import NotifierError, UsageError
 from .leads import from_micros, to_micros
 from .state import LeadQuery, LeadRecord, open_state
 from .text import safe_json, safe_text, scrubbed
+from .types import EVENT_KINDS
 from .wording import iso, plural
 
 _RELATIVE = re.compile(r"^(\d+)([dhm])$")
@@ -51,6 +52,9 @@ def check_webhook_id(value: str) -> str:
 
 
 def lead_state(lead: LeadRecord) -> str:
+    if lead.type in EVENT_KINDS:  # an operational event, not a lead: where it went
+        where = ", ".join(f"{safe_text(s.sink, 40)}={safe_text(s.state, 20)}" for s in lead.sinks)
+        return f"event: {where}" if where else "event (no sink took it)"
     if not lead.notified:
         return "baselined (existed before it was watched; not notified)"
     if not lead.sinks:

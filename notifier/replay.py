@@ -24,6 +24,7 @@ from .ledger import lead_state
 from .sinks import SinkContext, create_sink
 from .state import LeadQuery, open_state
 from .text import safe_text
+from .waiting import HoursGate
 from .wording import iso, plural
 
 
@@ -81,15 +82,23 @@ async def _deliver_now(config: Config, sink: str, queued: Sequence[int], out: IO
     try:
         async with aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}) as http:
             context = SinkContext(http=http, user_agent=USER_AGENT, stdout=out)
+            # exactly what it queued, and (as a running daemon would) not outside the sink's hours
             dispatcher = Dispatcher(store, {sink: create_sink(config.sinks[sink], context)}, config.delivery,
-                                    lambda: datetime.now(UTC), only=queued)  # exactly what it queued
+                                    lambda: datetime.now(UTC), only=queued, hours=HoursGate.of(config.sinks))
             try:
                 await dispatcher.deliver_due()
             finally:
                 await dispatcher.aclose()
         pending = await store.count_pending(queued)
+        waiting = await store.outbox(state="held", sink=sink) if dispatcher.hours.closed(sink, datetime.now(UTC)) \
+            else []
     finally:
         await store.close()
+    held = sum(1 for row in waiting if row.id in set(queued))
+    if held:
+        hours = config.sinks[sink].active_hours
+        print(f"{plural(held, 'replay')} wait for the sink's active hours ({hours.describe() if hours else ''}): "
+              f"sent when they begin by `run`, or now with `outbox retry --held --sink {sink}`", file=out)
     print(f"no daemon is running, so this command sent them: {dispatcher.delivered} delivered"
           + (f", {plural(dispatcher.failed, 'attempt')} failed" if dispatcher.failed else "")
           + (f"; {pending} still pending, sent by the next `run` or `once`" if pending else ""), file=out)

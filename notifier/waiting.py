@@ -29,6 +29,7 @@ class HoursGate:
         self.hours = dict(hours)
         self.digest_over = dict(digest_over)
         self._verdicts: dict[str, _Verdict] = {}
+        self._reported: dict[str, bool] = {}  # what `opened` last saw of each sink (the cache moves on its own)
 
     @classmethod
     def of(cls, sinks: Mapping[str, SinkConfig]) -> HoursGate:
@@ -56,9 +57,10 @@ class HoursGate:
         number of waiting deliveries above which they go on as one digest."""
         found: dict[str, int | None] = {}
         for sink, hours in self.hours.items():
-            before = self._verdicts.get(sink)
-            if (before is None or not before.open) and self._verdict(sink, hours, now).open:
+            now_open = self._verdict(sink, hours, now).open
+            if now_open and not self._reported.get(sink, False):
                 found[sink] = self.digest_over.get(sink)
+            self._reported[sink] = now_open
         return found
 
     def open_now(self, now: datetime, sinks: Sequence[str]) -> dict[str, int | None]:

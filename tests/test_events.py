@@ -189,3 +189,16 @@ async def test_an_outage_is_announced_once_whichever_instance_polls_the_chatbot(
     assert not await first.succeeded(NOW + timedelta(seconds=301))  # closed: nothing to tell again
     kinds = [r.type for r in await state.find_leads(LeadQuery())]
     assert sorted(kinds) == ["poll.failing", "poll.recovered"]
+
+
+async def test_leads_list_shows_an_event_as_one(state: State) -> None:
+    """The review's finding: `leads list` called a recorded event a lead, "baselined (existed
+    before it was watched; not notified)"."""
+    from notifier.ledger import lead_state
+
+    since = datetime(2025, 3, 1, 11, 50, tzinfo=UTC)
+    failing = events.poll_failing("beta", "s1", since, NOW, failures=3, error="Code 401", message="revoked",
+                                  code=401, http_status=200)
+    await state.record_event(events.replace_sinks(failing, ("ops",)))
+    (record,) = await state.find_leads(LeadQuery(), with_attempts=True)
+    assert lead_state(record) == "event: ops=pending"

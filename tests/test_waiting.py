@@ -7,21 +7,24 @@ test runs the whole daemon against the local Slack stand-in and webhook receiver
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from notifier import admin
 from notifier.activehours import ActiveHours
-from notifier.config import DeliveryConfig, load_config
+from notifier.config import Config, DeliveryConfig, load_config
 from notifier.dispatcher import Dispatcher
 from notifier.exceptions import RetryableError
 from notifier.leads import parse_records
+from notifier.replay import replay
 from notifier.service import Service
 from notifier.simulator import Simulator
-from notifier.state import PollRecord, SinkCounts, State
+from notifier.state import Outcome, PollRecord, SinkCounts, State
 from notifier.state.sqlite import SQLiteState
 from notifier.waiting import HoursGate
 
@@ -220,3 +223,62 @@ async def _held(state: State) -> bool:
 
 async def _done(state: State) -> bool:
     return (await state.sink_counts()).get("slack") == SinkCounts(done=3)
+
+
+def test_an_opening_seen_first_by_another_question_is_still_reported() -> None:
+    """The review's finding: asking when the next change comes (the idle wait) judged the sink
+    open anew, and `opened` then saw no change: what waited went out only at the 30 s sweep."""
+    gate = HoursGate({"slack": OFFICE}, {"slack": 1})
+    assert gate.opened(SATURDAY) == {}
+    assert gate.next_change(MONDAY_OPEN + timedelta(seconds=1)) is not None  # judged open here first
+    assert gate.closed("slack", MONDAY_OPEN + timedelta(seconds=1)) is None
+    assert gate.opened(MONDAY_OPEN + timedelta(seconds=2)) == {"slack": 1}
+
+
+async def test_an_operators_sends_outside_the_hours_keep_the_sinks_pace(state: State) -> None:
+    """The review's finding: `outbox retry --held` outside the hours sent every delivery of a
+    paced sink (Slack: one a second) at once."""
+    clock = Clock()
+    clock.now = SATURDAY
+    slack = ScriptedSink("slack", min_interval=1.0)
+    d = dispatcher(state, clock, slack, hours={"slack": OFFICE})
+    await record(state, clock.now, ("slack",), n=3)
+    await turn(d)
+    assert await state.requeue(clock.now.timestamp(), state="held", sink="slack", why="outbox retry --held") == 3
+    await turn(d)
+    assert len(slack.attempted) == 1  # the others wait their turn: each a pace later
+    rows = await state.outbox(state="pending", sink="slack")
+    assert len(rows) == 2 and all(r.next_at >= clock.now.timestamp() + 1 for r in rows)
+
+
+async def test_replay_without_a_daemon_keeps_the_sinks_hours(
+        simulator: tuple[Simulator, str], receiver: Receiver, tmp_path: Path) -> None:
+    """The review's finding: `replay` with no daemon running sent at once what a running daemon
+    would have held for the sink's hours."""
+    sim, api = simulator
+    closed_now = datetime.now(UTC).astimezone(ZoneInfo("UTC"))
+    hour = (closed_now.hour + 3) % 24
+    sinks = (f'[sinks.crm]\ntype = "webhook"\nurl = "{receiver.url}"\nsecret = "{WEBHOOK_SECRET}"\n'
+             f'active_hours = ["daily {hour:02d}:00-{(hour + 1) % 24:02d}:00"]\n')
+    path = write_config(tmp_path, api, sinks=sinks)
+    config = load_config(path)
+    await Service(config).once()  # baseline
+    lead = sim.add_lead(SERIAL_A)
+    await Service(config).once()  # found, held for the hours
+    await state_done(config)
+    out = io.StringIO()
+    await replay(config, out, sink="crm", session=lead["SessionID"], since=None)
+    assert receiver.received == [] and "wait for the sink's active hours" in out.getvalue()
+
+
+async def state_done(config: Config) -> None:
+    """The lead's first delivery made done, as if it had gone out, so that it can be replayed."""
+    store = SQLiteState(config.state_path)
+    try:
+        (row,) = await store.outbox(state="held")
+        await store.requeue_ids(0, [row.id], why="test")
+        (delivery,) = [d for group in await store.claim(datetime.now(UTC).timestamp() + 1, {"crm": 1}, lease=60)
+                       for d in group]
+        await store.settle([Outcome((delivery.id,), "done", datetime.now(UTC).timestamp())])
+    finally:
+        await store.close()
