@@ -450,3 +450,26 @@ async def test_an_environment_secret_goes_into_a_body_as_written(http: aiohttp.C
     sink = WebhookSink(config.sinks["sms"], SinkContext(http=http))  # type: ignore[arg-type]
     body = json.loads(sink.body(lead(Name="Ada")))
     assert body == {"auth": secret, "header": f"Bearer {secret} for Ada"}
+
+
+async def test_slack_blocks_keep_each_elements_limit_and_urls_unescaped(
+        http: aiohttp.ClientSession, slack: SlackStandIn) -> None:
+    """The review's finding: only 3,000 characters were enforced everywhere, so a header (150) or
+    a button (75) built as the README advised made Slack refuse the message, and a button's URL
+    arrived as `&amp;`."""
+    config = configured(
+        f'type = "slack"\nwebhook_url = "{slack.webhook_url}"\n'
+        '[[sinks.s.blocks]]\ntype = "header"\ntext = { type = "plain_text", text = "{{ lead.Name }}" }\n'
+        '[[sinks.s.blocks]]\ntype = "actions"\n'
+        'elements = [{ type = "button", text = { type = "plain_text", text = "Open {{ lead.Name }}" }, '
+        'url = "{{ lead.URI }}" }]\n'
+        '[[sinks.s.blocks]]\ntype = "section"\nfields = [{ type = "mrkdwn", text = "{{ lead.Content }}" }]\n')
+    sink = create_sink(config, SinkContext(http=http))
+    await sink.send(lead(Name="<&>" * 100, URI="https://crm.example/lead?a=1&b=2", Content="x" * 5000))
+    header, actions, section = slack.messages[-1]["blocks"]
+    title = header["text"]["text"]
+    assert len(title) <= 150 and title.endswith("…") and title.count("&") == title.count(";")  # no split entity
+    button = actions["elements"][0]
+    assert len(button["text"]["text"]) <= 75
+    assert button["url"] == "https://crm.example/lead?a=1&b=2"
+    assert len(section["fields"][0]["text"]) <= 2000

@@ -334,14 +334,32 @@ def _cut(text: str, limit: int) -> str:
     return cut + "…"
 
 
-def _cut_leaves(value: Any) -> Any:
-    """Rendered Block Kit: every string within Slack's limit for one text object."""
+# Block Kit's limits for the text inside an element of this type (a section's text: TEXT_LIMIT)
+_ELEMENT_LIMITS = {"header": 150, "button": 75, "option": 75, "static_select": 150, "plain_text_input": 150,
+                   "overflow": 75}
+_URL_KEYS = ("url", "image_url")
+_ENTITIES = (("&lt;", "<"), ("&gt;", ">"), ("&amp;", "&"))  # what mrkdwn escaping wrote, undone in a URL field
+
+
+def _cut_leaves(value: Any, limit: int = TEXT_LIMIT, key: str | None = None) -> Any:
+    """Rendered Block Kit: every string within Slack's limit where it sits (a header's text 150,
+    a button's 75, a section field's 2,000, other text 3,000: over a limit Slack refuses the
+    whole message), cut after escaping without splitting an entity; a URL field is not mrkdwn,
+    so the escaping of its value is undone."""
     if isinstance(value, str):
-        return _cut(value, TEXT_LIMIT)
+        if key in _URL_KEYS:
+            for entity, char in _ENTITIES:
+                value = value.replace(entity, char)
+            return value[:3000]
+        return _cut(value, limit)
     if isinstance(value, dict):
-        return {key: _cut_leaves(item) for key, item in value.items()}
+        kind = value.get("type")
+        inner = _ELEMENT_LIMITS.get(kind, limit) if isinstance(kind, str) else limit
+        return {k: [_cut_leaves(i, FIELD_LIMIT) for i in item] if k == "fields" and isinstance(item, list)
+                else _cut_leaves(item, inner if k in ("text", "placeholder") else TEXT_LIMIT, k)
+                for k, item in value.items()}
     if isinstance(value, list):
-        return [_cut_leaves(item) for item in value]
+        return [_cut_leaves(item, limit) for item in value]
     return value
 
 
