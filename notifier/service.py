@@ -32,9 +32,9 @@ from .metrics import Metrics
 from .outages import OutageWatch
 from .poller import ChatbotPoller
 from .scheduler import PollScheduler, poll_all
+from .sharing import Sharing
 from .sinks import SinkContext, create_sink
 from .state import State, open_state
-from .state.records import OWNERSHIP_HOLDS
 from .supervisor import Supervisor
 from .systemd import Notifier
 from .types import Clock, Sink
@@ -44,8 +44,6 @@ log = structlog.get_logger("notifier.service")
 HEARTBEAT_DEADLINE = 5.0  # seconds one heartbeat may take before it counts as a state problem
 LAST_WORDS = 1.0  # seconds the last heartbeat at exit may take (the status for `status`)
 CLOSING = 2.0  # seconds closing the state may take at exit: a database that hangs never holds the exit
-HANDOVER_DEADLINE = 2.0  # seconds handing the chatbots over at a clean stop may take
-OWN_EVERY = 2.0  # seconds between renewals of which chatbots this instance polls (a shared state)
 HARD_DEADLINE = 5.0  # seconds past shutdown_grace after which whatever still runs is cancelled
 
 
@@ -85,15 +83,12 @@ class Service:
         self.clocks = ClockCheck()  # one verdict on the wall clock, shared by every poller
         self._stop = asyncio.Event()
         self.store: State | None = None
-        self.owned: frozenset[str] | None = None  # the chatbots this instance polls (None: every one)
-        self._owned_until = 0.0  # loop time until which `owned` may be relied on
-        self._owned_at_start: frozenset[str] = frozenset()  # answered for before their first poll
+        self.sharing = Sharing(self.metrics, clock)  # several instances on one state: who polls what
         self._throttler: Throttler | None = None  # the vendor's rate limit, this instance's part of it
         self._pending = 0  # deliveries pending at the last beat
         self._heartbeat_problem: str | None = None
         self._clock_offset_problem: str | None = None
         self._scheduler: PollScheduler | None = None
-        self._owning: asyncio.Task[None] | None = None
         self.routes = EventRoutes({})  # which sinks take which operational events
         self._outages: dict[str, int] = {}  # serial -> start (µs) of an outage announced before this start
         self.http: aiohttp.ClientSession | None = None  # the sinks'
@@ -270,8 +265,9 @@ class Service:
             self.notifier.send(ready="1", status=self.status_line(), mainpid=str(os.getpid()))
             settle_heap()
             if await self._own() is not False:  # several instances may share this state: who polls what
-                self._owned_at_start = self.owned or frozenset()
-                self._owning = self.supervisor.start("ownership", self._keep_owning)
+                self.sharing.at_start = self.owned or frozenset()
+                self.sharing.task = self.supervisor.start(
+                    "ownership", lambda: self.sharing.keep(self._stop, self._own))
             self._start_polling()
             dispatcher = self.dispatcher
             self.supervisor.start("delivery", lambda: dispatcher.run(self._stop))
@@ -292,19 +288,6 @@ class Service:
         if self.supervisor.fatal is not None:
             raise NotifierError(self.supervisor.fatal)
 
-    async def _hand_over(self) -> None:
-        """A clean stop hands its chatbots to the other instances at once, before the deliveries'
-        grace period (a slow receiver must not leave them unpolled until the lease runs out)."""
-        if self.owned is None or self.store is None:
-            return
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(HANDOVER_DEADLINE):
-                if self._owning is not None:  # a renewal under way must not take them back after
-                    await asyncio.gather(self._owning, return_exceptions=True)
-                await self.store.disown()
-                log.info("chatbots handed over to the other instances", chatbots=len(self.owned))
-        self.owned = frozenset()
-
     async def _shut_down(self) -> None:
         """Polls end at once; deliveries get the grace period (the dispatcher cancels what is still
         in flight then); past a hard deadline everything left is cancelled, so stopping never hangs."""
@@ -312,7 +295,8 @@ class Service:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._reloading), HARD_DEADLINE)
         await self._stop_polling()
-        await self._hand_over()
+        if self.store is not None:
+            await self.sharing.hand_over(self.store)
         deadline = self.config.delivery.shutdown_grace + HARD_DEADLINE
         try:
             await asyncio.wait_for(asyncio.shield(self.supervisor.wait()), deadline)
@@ -366,69 +350,29 @@ class Service:
         return True
 
     # -- who polls what ------------------------------------------------------------------
+    @property
+    def owned(self) -> frozenset[str] | None:
+        """The chatbots this instance polls (None: every one, on a state of its own)."""
+        return self.sharing.owned
+
     def may_poll(self, poller: ChatbotPoller) -> bool:
-        """Whether this instance polls the chatbot now: always on an engine of one instance; on a
-        shared state while it owns it, and not a moment past what its last renewal vouches for
-        (a cut-off instance stops before the others take over)."""
-        owned = self.owned
-        if owned is None:
-            return True
-        return poller.chatbot.serial_number in owned and asyncio.get_running_loop().time() < self._owned_until
+        return self.sharing.may_poll(poller.chatbot.serial_number)
 
     def _answerable(self) -> list[ChatbotPoller]:
-        """The chatbots this instance answers for (readiness, status): those it polls. One it took
-        over while running counts from its first poll on; those it started with count at once, as
-        on a state of its own (not ready until they were polled)."""
-        if self.owned is None:
-            return self.pollers
-        return [p for p in self.pollers if self.may_poll(p)
-                and (p.status.polls or p.chatbot.serial_number in self._owned_at_start)]
+        return self.sharing.answerable(self.pollers)
 
     async def _own(self) -> bool | None:
-        """Renew (and rebalance) which chatbots this instance polls; says whether the state is
-        shared (None: the state did not answer). A failure changes nothing: what it owns lapses
-        by itself, and the others take over."""
         assert self.store is not None
-        loop = asyncio.get_running_loop()
-        asked = loop.time()
-        taken = self.store.takeovers
-        before = self.owned
-        try:
-            self.owned = await self.store.own([p.chatbot.serial_number for p in self.pollers],
-                                              self.clock().timestamp())
-            self.metrics.takeovers.inc(self.store.takeovers - taken)
-        except StateError as exc:
-            log.debug("could not renew chatbot ownership", error=str(exc))
-            return None
-        self._owned_until = asked + OWNERSHIP_HOLDS
-        if self.owned is not None and self._scheduler is not None:
-            self._scheduler.adopt(self.owned)  # taken over (or ours again after an outage): polled at once
-        if self.owned is not None and before is not None and (gained := self.owned - before):
-            for poller in self.pollers:  # another instance may have announced an outage of theirs
-                if poller.chatbot.serial_number in gained and poller.watch is not None:
-                    poller.watch.unsure = True
-        self.metrics.chatbots_owned.set(len(self.pollers) if self.owned is None else len(self.owned))
+        shared = await self.sharing.renew(self.store, self.pollers, self._scheduler)
         self._share_rate()
-        return self.owned is not None
+        return shared
 
     def _share_rate(self) -> None:
         """`[api] requests_per_second` is the limit of the whole cluster (the vendor sees one API
         key): each instance takes the part of it that it polls of the chatbots."""
-        throttler, rate, owned = self._throttler, self.config.api.requests_per_second, self.owned
-        if throttler is None or owned is None or not self.config.chatbots:
-            return
-        serials = {chatbot.serial_number for chatbot in self.config.chatbots}
-        part = max(len(owned & serials), 1) / len(serials)
-        set_rate(throttler, rate * part)
-
-    async def _keep_owning(self) -> None:
-        """Every OWN_EVERY seconds; rests once the state turns out to have one instance at a time
-        (its first answer may have been lost to an outage)."""
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), OWN_EVERY)
-            if not self._stop.is_set() and await self._own() is False:
-                await self._stop.wait()  # a supervised task ends only with the daemon
+        part = self.sharing.part({chatbot.serial_number for chatbot in self.config.chatbots})
+        if self._throttler is not None and part is not None:
+            set_rate(self._throttler, self.config.api.requests_per_second * part)
 
     # -- status -------------------------------------------------------------------------
     def status_line(self) -> str:
