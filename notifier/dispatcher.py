@@ -5,27 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import structlog
-from prometheus_client import Counter
 
 from .config import DeliveryConfig
-from .events import EventRoutes, delivery_dead, replace_sinks
+from .events import EventRoutes
 from .exceptions import PermanentError, RetryableError, StateError
-from .logs import scrub as scrub_secrets
 from .metrics import Metrics
-from .redact import scrub
-from .state import EventRecord, Outcome, State
-from .text import safe_text
+from .retrying import MAX_RETRY_AFTER, RetryPolicy
+from .state import Outcome, State
 from .types import Clock, Delivery, Sink
 from .waiting import HoursGate
 
 log = structlog.get_logger("notifier.dispatcher")
 
-MAX_RETRY_AFTER = 86_400.0
 IDLE_RECHECK = 5.0  # the longest the dispatcher sleeps with nothing due
 EXTERNAL_CHECK = 0.25  # how often it looks whether another process (outbox retry, replay) changed the outbox
 LEASE = 180.0  # how long a claimed delivery is ours; past it, another process may send it again
@@ -45,14 +40,12 @@ class Dispatcher:
         self.metrics = metrics
         self.store = store
         self.sinks = dict(sinks)
-        self.config = config
         self.clock = clock
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._per_sink: dict[str, int] = {}  # deliveries in flight per sink
         self._ready_at: dict[str, float] = {}  # loop time a paced sink may send again
         self._pace_wait: float | None = None  # a paced sink has due work after this many seconds
-        self._series: dict[tuple[str, str], Counter] = {}
         # Outcomes of finished attempts, written in one transaction per turn. Their rows stay
         # claimed until written: a delivery whose outcome is not recorded is not sent again meanwhile.
         self._outcomes: list[Outcome] = []
@@ -62,7 +55,7 @@ class Dispatcher:
         self.attempt_deadline = attempt_deadline
         self.only = only  # just these outbox ids (a replay without a daemon): nothing else is sent
         self.hours = hours or HoursGate({}, {})  # sinks' active hours: outside them deliveries wait
-        self.routes = routes or EventRoutes({})  # who is told of a delivery given up (`delivery.dead`)
+        self.policy = RetryPolicy(config, clock, metrics, routes)  # what an attempt comes to
         self.problem: str | None = None  # the state refuses writes: nothing new is sent
         self._problem_since = 0.0
         self._write_failures = 0
@@ -70,20 +63,33 @@ class Dispatcher:
         self._write_again_at = 0.0  # loop time of the next try to write the outcomes
         self._clock_offset: float | None = None  # wall minus monotonic, to notice clock steps
         self.stopping = False  # our own shutdown: a failure now is not the receiver's, nor an attempt
-        self.delivered = 0
-        self.failed = 0
+
+    @property
+    def config(self) -> DeliveryConfig:
+        return self.policy.config
+
+    @config.setter
+    def config(self, config: DeliveryConfig) -> None:  # a reload
+        self.policy.config = config
+
+    @property
+    def routes(self) -> EventRoutes:
+        return self.policy.routes
+
+    @routes.setter
+    def routes(self, routes: EventRoutes) -> None:  # a reload
+        self.policy.routes = routes
+
+    @property
+    def delivered(self) -> int:
+        return self.policy.delivered
+
+    @property
+    def failed(self) -> int:
+        return self.policy.failed
 
     def wake(self) -> None:
         self._wake.set()
-
-    def backoff(self, attempts: int, retry_after: float | None) -> float:
-        """Full exponential backoff with jitter (half to all of the step), never sooner than
-        the server's Retry-After."""
-        step = min(self.config.backoff_max, self.config.backoff_initial * 2 ** max(0, attempts - 1))
-        delay: float = step * random.uniform(0.5, 1.0)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
-        return delay
 
     # -- scheduling ---------------------------------------------------------------------
     async def start_due(self) -> int:
@@ -393,59 +399,18 @@ class Dispatcher:
                 else:
                     receipt = await sink.send_digest(group)
         except TimeoutError:
-            return self._failure(group, attempt, f"no answer within {self.attempt_deadline:g}s", retryable=True)
+            return self.policy.failure(group, attempt, f"no answer within {self.attempt_deadline:g}s", retryable=True)
         except PermanentError as exc:
-            return self._failure(group, attempt, exc.reason, retryable=False, status=exc.status)
+            return self.policy.failure(group, attempt, exc.reason, retryable=False, status=exc.status)
         except RetryableError as exc:
-            return self._failure(group, attempt, exc.reason, retryable=True, retry_after=exc.retry_after,
-                                 status=exc.status)
+            return self.policy.failure(group, attempt, exc.reason, retryable=True, retry_after=exc.retry_after,
+                                       status=exc.status)
         except Exception as exc:  # a sink bug: keep the lead, retry, and say so loudly
             # the traceback only at debug: an exception's text may quote the lead
             log.debug("sink raised an unexpected error", sink=first.sink, exc_info=True)
-            return self._failure(group, attempt, f"internal error (a bug, please report it): "
-                                 f"{type(exc).__name__}: {exc}", retryable=True)
-        self._count(first.sink, "delivered", len(group))
-        self.delivered += len(group)
-        log.info("delivered", sink=first.sink, chatbot=first.chatbot, session_id=first.lead.key.session_id,
-                 webhook_id=first.webhook_id, type=first.lead.type, attempt=attempt, leads=len(group))
-        return Outcome(tuple(d.id for d in group), "done", self.clock().timestamp(), detail=receipt)
-
-    def _failure(self, group: Sequence[Delivery], attempt: int, reason: str, *,
-                 retryable: bool, retry_after: float | None = None, status: int | str | None = None) -> Outcome:
-        first = group[0]
-        ids = tuple(d.id for d in group)
-        # receivers may echo the lead or our credentials back: neither reaches the log or the ledger
-        reason = scrub_secrets(scrub(safe_text(reason, 500), (d.lead for d in group)))
-        code = None if status is None else str(status)
-        now = self.clock().timestamp()
-        self.failed += 1
-        fields = {"sink": first.sink, "chatbot": first.chatbot, "session_id": first.lead.key.session_id,
-                  "webhook_id": first.webhook_id,
-                  "attempt": attempt, "reason": reason, "leads": len(group)}
-        self._count(first.sink, "retry" if retryable and attempt < self.config.max_attempts else "dead", len(group))
-        if not retryable or attempt >= self.config.max_attempts:
-            why = f"permanent: {reason}" if not retryable else f"gave up after {attempt} attempts: {reason}"
-            log.error("delivery failed permanently; moved to dead letters" if not retryable
-                      else "delivery gave up; moved to dead letters", **fields)
-            return Outcome(ids, "dead", now, detail=why, status=code, events=self._dead_event(group, why, attempt))
-        delay = self.backoff(attempt, retry_after)
-        log.warning("delivery failed; will retry", retry_in=round(delay, 1), **fields)
-        return Outcome(ids, "retry", now, next_at=now + delay, detail=reason, status=code)
-
-    def _dead_event(self, group: Sequence[Delivery], why: str, attempt: int) -> tuple[EventRecord, ...]:
-        """`delivery.dead` for the sinks that take it, never the one that failed, and never about
-        an event (no event about an event: a dead ops channel does not echo round the others)."""
-        sinks = self.routes.sinks("delivery.dead", besides=group[0].sink)
-        if not sinks or group[0].event is not None:
-            return ()
-        return (replace_sinks(delivery_dead(group, why, attempt, self.clock()), sinks),)
-
-    def _count(self, sink: str, outcome: str, n: int) -> None:
-        if self.metrics is not None:
-            series = self._series.get((sink, outcome))
-            if series is None:  # looked up by label once, not on every delivery
-                series = self._series[sink, outcome] = self.metrics.deliveries.labels(sink, outcome)
-            series.inc(n)
+            return self.policy.failure(group, attempt, f"internal error (a bug, please report it): "
+                                       f"{type(exc).__name__}: {exc}", retryable=True)
+        return self.policy.success(group, attempt, receipt)
 
     async def aclose(self) -> None:
         for sink in self.sinks.values():

@@ -180,8 +180,8 @@ async def test_backoff_grows_and_is_bounded(bench: Bench) -> None:
     _, dispatcher, _ = await bench.setup(ScriptedSink("crm"))
     for attempt, step in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (10, 8.0)]:
         for _ in range(20):
-            assert step / 2 <= dispatcher.backoff(attempt, None) <= step
-    assert dispatcher.backoff(1, 300) == 300
+            assert step / 2 <= dispatcher.policy.backoff(attempt, None) <= step
+    assert dispatcher.policy.backoff(1, 300) == 300
 
 
 async def test_digest_batches_go_out_as_one_message(bench: Bench) -> None:
