@@ -84,6 +84,10 @@ def understood(config: Config) -> dict[str, Any]:
 def _sink(sink: SinkConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"type": sink.type, "types": sorted(sink.types), "on_flood": sink.on_flood,
                            "redact": list(sink.redact), "digest_after": sink.digest_after}
+    if sink.events:
+        out["events"] = sorted(sink.events)
+    if sink.active_hours is not None:
+        out["active_hours"] = sink.active_hours.describe()
     common = {f.name for f in dataclasses.fields(SinkConfig)}
     for field in dataclasses.fields(sink):
         if field.name in common:

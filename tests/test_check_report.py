@@ -133,3 +133,16 @@ def test_problems_as_lines_or_as_one_json_document() -> None:
         ("api.timout", "config.toml"), ("sinks.crm.url", "config.toml"), ("sinks.crm.ulr", "config.toml")]
     assert data["problems"][0]["message"] == "is not a known option (did you mean 'timeout'?)"
     assert all(isinstance(p["line"], int) for p in data["problems"])
+
+
+def test_a_sinks_events_and_active_hours_are_shown() -> None:
+    """`check` says everything it understood: issue 17's keys too (they were parsed, not shown)."""
+    config = example(('# on_flood = "deliver"', 'events = ["poll.failing", "delivery.dead"]\n'
+                                               'active_hours = ["Mon-Fri 08:00-18:00"]\ntimezone = "Europe/Berlin"'))
+    out = report(config, as_json=False)
+    crm = next(line for line in out.splitlines() if line.startswith("  sink crm: webhook "))
+    assert "events=delivery.dead,poll.failing" in crm
+    assert 'active_hours="Mon-Fri 08:00-18:00 (Europe/Berlin)"' in crm
+    sink = json.loads(report(config, as_json=True))["sinks"]["crm"]
+    assert sink["events"] == ["delivery.dead", "poll.failing"]
+    assert sink["active_hours"] == "Mon-Fri 08:00-18:00 (Europe/Berlin)"
