@@ -21,13 +21,13 @@ from asyncio_throttle.throttler import Throttler
 
 from ._version import USER_AGENT
 from .api import LeadListClient, make_throttler, set_rate
-from .clockcheck import ClockCheck, shared_clock_problem
+from .clockcheck import ClockCheck
 from .config import Config
 from .dispatcher import ATTEMPT_DEADLINE, LEASE, Dispatcher
 from .events import EventRoutes
-from .exceptions import ConfigError, NotifierError, StateError
+from .exceptions import ConfigError, NotifierError
 from .health import health_app, start_health
-from .logs import scrub
+from .heartbeat import HEARTBEAT_DEADLINE, Heartbeat, daemon_view
 from .metrics import Metrics
 from .outages import OutageWatch
 from .poller import ChatbotPoller
@@ -41,7 +41,6 @@ from .types import Clock, Sink
 from .waiting import HoursGate
 
 log = structlog.get_logger("notifier.service")
-HEARTBEAT_DEADLINE = 5.0  # seconds one heartbeat may take before it counts as a state problem
 LAST_WORDS = 1.0  # seconds the last heartbeat at exit may take (the status for `status`)
 CLOSING = 2.0  # seconds closing the state may take at exit: a database that hangs never holds the exit
 HARD_DEADLINE = 5.0  # seconds past shutdown_grace after which whatever still runs is cancelled
@@ -85,9 +84,7 @@ class Service:
         self.store: State | None = None
         self.sharing = Sharing(self.metrics, clock)  # several instances on one state: who polls what
         self._throttler: Throttler | None = None  # the vendor's rate limit, this instance's part of it
-        self._pending = 0  # deliveries pending at the last beat
-        self._heartbeat_problem: str | None = None
-        self._clock_offset_problem: str | None = None
+        self.heartbeat = Heartbeat(self.metrics, clock)  # each beat: our view to the state, its answers to us
         self._scheduler: PollScheduler | None = None
         self.routes = EventRoutes({})  # which sinks take which operational events
         self._outages: dict[str, int] = {}  # serial -> start (µs) of an outage announced before this start
@@ -227,14 +224,14 @@ class Service:
         found = list(self.supervisor.problems.values())
         if self.store is not None and self.store.problem is not None:
             found.append(f"state: {self.store.problem}")
-        elif self._heartbeat_problem is not None:
-            found.append(f"state: {self._heartbeat_problem}")
+        elif self.heartbeat.problem is not None:
+            found.append(f"state: {self.heartbeat.problem}")
         if self.dispatcher is not None and self.dispatcher.problem is not None:
             found.append(f"delivery: {self.dispatcher.problem}")
         if self.clocks.problem is not None:
             found.append(f"clock: {self.clocks.problem}")
-        if self._clock_offset_problem is not None:
-            found.append(f"clock: {self._clock_offset_problem}")
+        if self.heartbeat.clock_problem is not None:
+            found.append(f"clock: {self.heartbeat.clock_problem}")
         return found
 
     async def run(self, *, install_signals: bool = True) -> None:
@@ -380,68 +377,18 @@ class Service:
         today = self.clock().date()
         leads = sum(p.status.leads_on(today) for p in self.pollers)
         return (f"{polled}/{len(self.pollers)} chatbots polled, {leads} leads today, "
-                f"{self._pending} deliveries pending")
+                f"{self.heartbeat.pending} deliveries pending")
 
     async def _beat(self) -> str:
         await self._heartbeat()
         return self.status_line()
 
     async def _heartbeat(self, deadline: float = HEARTBEAT_DEADLINE) -> None:
-        """Each beat: this daemon's own view goes to the state for `status` (another process),
-        and the state says whether it still is what we write (SQLite: the file deleted under
-        us). If not, every write stops (no poll records, no delivery goes out) and readiness
-        says why until it is back."""
         if self.store is None:
             return
-        known = self.store.problem
-        try:
-            async with asyncio.timeout(deadline):  # a database that hangs never stops the watchdog
-                problem = await self.store.heartbeat(self.clock().timestamp(), self._status())
-                self._pending = sum(c.pending for c in (await self.store.sink_counts()).values())
-                if self.store.clock_offset is not None:
-                    self._watch_clock_offset(self.store.clock_offset)
-                if self.owned is not None:  # a shared state: how many share it
-                    live = await self.store.instances(self.clock().timestamp())
-                    self.metrics.instances_live.set(sum(i.alive for i in live))
-            self._heartbeat_problem = None
-        except (StateError, TimeoutError) as exc:
-            problem = self.store.problem
-            error = str(exc) or f"no answer within {deadline:g}s"
-            if self._heartbeat_problem is None:
-                log.error("state unreachable; polls record nothing and deliveries pause until it is back",
-                          error=error)
-            self._heartbeat_problem = error
-        if problem != known:
-            if problem:
-                log.error("state file lost; polls record nothing and deliveries pause", problem=problem)
-            else:
-                log.warning("state file is back; polls and deliveries resume")
-            if self.dispatcher is not None:
-                self.dispatcher.wake()
-
-    def _watch_clock_offset(self, offset: float) -> None:
-        self.metrics.clock_offset.set(offset)
-        problem = shared_clock_problem(offset)
-        if (problem is None) != (self._clock_offset_problem is None):
-            if problem is not None:
-                log.warning("clocks disagree", problem=problem)
-            else:
-                log.info("this host's clock agrees with the state database server's again", offset=round(offset, 3))
-        self._clock_offset_problem = problem
-
-    def _status(self) -> dict[str, Any]:
-        """What `status` shows of a running daemon: its problems and each chatbot's polls."""
-        data: dict[str, Any] = {"written": self.clock().isoformat(),
-                                "problems": [scrub(p) for p in self.problems()], "chatbots": {}}
-        for poller in self._answerable():
-            s = poller.status
-            data["chatbots"][poller.chatbot.name] = {
-                "serial_number": poller.chatbot.serial_number, "polls": s.polls, "failures": s.failures,
-                "last_poll": s.last_poll.isoformat() if s.last_poll else None,
-                "last_success": s.last_success.isoformat() if s.last_success else None,
-                "last_error": scrub(s.last_error) if s.last_error else None, "degraded": s.degraded,
-                "new_today": s.leads_on(self.clock().date())}
-        return data
+        view = daemon_view(self._answerable(), self.problems(), self.clock())
+        await self.heartbeat.beat(self.store, view, shared=self.owned is not None, deadline=deadline,
+                                  on_change=self.dispatcher.wake if self.dispatcher is not None else lambda: None)
 
     async def once(self) -> list[str]:
         """Poll every chatbot once, deliver what is due; returns the chatbots whose poll failed.
