@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 
@@ -137,6 +138,11 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
         if key.lower() == name.lower():
             return value
     return None
+
+
+def query_secrets(url: str) -> list[str]:
+    """The values in a webhook URL's query (its `key`, `token`, `sig`): secrets, scrubbed from logs."""
+    return [value for _, value in parse_qsl(urlsplit(url).query) if len(value) >= 8]
 
 
 Message = TypeVar("Message")

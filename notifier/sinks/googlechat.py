@@ -23,7 +23,7 @@ from ..text import safe_text
 from ..types import Delivery
 from .base import SinkConfig, SinkContext, public_url
 from .chatformat import card_html, clean, cut, digest_title, event_text, gchat_text, lead_text, more, utf16_len
-from .chathttp import Answer, ChatSink, Poster, chat_options, encode
+from .chathttp import Answer, ChatSink, Poster, chat_options, encode, query_secrets
 from .render import load_timezone, local_time
 
 if TYPE_CHECKING:
@@ -53,14 +53,10 @@ class GoogleChatConfig(SinkConfig):
     def from_table(cls, name: str, table: Table) -> GoogleChatConfig:
         url = table.secret("url", required=True) or ""
         if url and table.check_http_url("url", url):
-            table.secrets.extend(_query_secrets(url))
+            table.secrets.extend(query_secrets(url))
         options = chat_options(table, min_interval=1.0)
         return cls(**cls.common(name, table), url=url, templates=read_templates(table, TEMPLATES, options["timezone"]),
                    **options)
-
-
-def _query_secrets(url: str) -> list[str]:
-    return [value for _, value in parse_qsl(urlsplit(url).query) if len(value) >= 8]
 
 
 def _reply_url(url: str) -> str:
@@ -180,7 +176,7 @@ class GoogleChatSink(ChatSink[dict[str, Any]]):
         self.zone = load_timezone(config.timezone)
         self._url = _reply_url(config.url)
         self._poster = Poster(context, where=public_url(config.url), timeout=config.timeout,
-                              hide=(config.url, *_query_secrets(config.url)))
+                              hide=(config.url, *query_secrets(config.url)))
 
     def message(self, delivery: Delivery) -> dict[str, Any]:
         """An event's own card; a lead's text from the `text` template, or the default card."""

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlsplit
 
 from ..exceptions import PermanentError
 from ..templatecheck import read_templates
@@ -21,7 +20,7 @@ from ..templates import MessageTemplates, TemplateKey
 from ..types import Delivery
 from .base import SinkConfig, SinkContext, public_url
 from .chatformat import digest_title, event_text, lead_text, more, text_run
-from .chathttp import Answer, ChatSink, Poster, chat_options, encode
+from .chathttp import Answer, ChatSink, Poster, chat_options, encode, query_secrets
 from .render import load_timezone, local_time
 
 if TYPE_CHECKING:
@@ -53,14 +52,10 @@ class TeamsConfig(SinkConfig):
     def from_table(cls, name: str, table: Table) -> TeamsConfig:
         url = table.secret("url", required=True) or ""
         if url and table.check_http_url("url", url):
-            table.secrets.extend(_query_secrets(url))
+            table.secrets.extend(query_secrets(url))
         options = chat_options(table, min_interval=1.0)
         return cls(**cls.common(name, table), url=url, templates=read_templates(table, TEMPLATES, options["timezone"]),
                    **options)
-
-
-def _query_secrets(url: str) -> list[str]:
-    return [value for _, value in parse_qsl(urlsplit(url).query) if len(value) >= 8]
 
 
 def _run(text: str, **style: Any) -> dict[str, Any]:
@@ -175,7 +170,7 @@ class TeamsSink(ChatSink[dict[str, Any]]):
         self.min_interval = config.min_interval
         self.zone = load_timezone(config.timezone)
         self._poster = Poster(context, where=public_url(config.url), timeout=config.timeout,
-                              hide=(config.url, *_query_secrets(config.url)))
+                              hide=(config.url, *query_secrets(config.url)))
 
     def message(self, delivery: Delivery) -> dict[str, Any]:
         """An event's own card; a lead's from the `text` template, or the default card."""
