@@ -66,7 +66,11 @@ class PollScheduler:
         """These chatbots are ours now (ownership changed, or was renewed after an outage):
         those parked are due at once. Returns how many were."""
         loop = asyncio.get_running_loop()
-        adopted = [self._parked.pop(serial) for serial in list(self._parked) if serial in serials]
+        if not self._parked:
+            return 0
+        # called every renewal: walk the smaller side (100,000 chatbots: a third ours, two parked)
+        smaller = serials if len(serials) < len(self._parked) else list(self._parked)
+        adopted = [self._parked.pop(serial) for serial in smaller if serial in self._parked and serial in serials]
         for poller in adopted:
             self._push(loop.time(), poller)
         return len(adopted)

@@ -142,3 +142,24 @@ async def test_the_apis_retry_after_is_honoured(slow_api: tuple[Simulator, LeadL
     assert not await bot.poll_logged()
     assert bot.status.retry_after == 3600
     assert next_due(bot, due=100.0, ok=False, now=100.0) >= 3700.0
+
+
+async def test_a_chatbot_another_instance_polls_is_parked_until_it_is_adopted(
+        slow_api: tuple[Simulator, LeadListClient, State]) -> None:
+    """Another instance's chatbots leave the heap (looking at them every few seconds cost more
+    than polling one's own at 100,000 chatbots) and are polled at once when taken over."""
+    sim, client, state = slow_api
+    ours, theirs = pollers(sim, client, state, [0.2, 0.2])
+    owned = {ours.chatbot.serial_number}
+    scheduler = PollScheduler([ours, theirs], workers=2, may_poll=lambda p: p.chatbot.serial_number in owned)
+    task = asyncio.create_task(scheduler.run())
+    try:
+        await until(lambda: polls_per_chatbot(sim)[ours.chatbot.serial_number] >= 3, what="ours polled")
+        assert polls_per_chatbot(sim)[theirs.chatbot.serial_number] == 0
+        assert scheduler.adopt(owned) == 0  # nothing of ours is parked
+        owned.add(theirs.chatbot.serial_number)  # taken over
+        assert scheduler.adopt(owned) == 1
+        await until(lambda: polls_per_chatbot(sim)[theirs.chatbot.serial_number] >= 1, what="polled once adopted")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
