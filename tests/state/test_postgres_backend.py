@@ -484,6 +484,30 @@ async def test_instances_knowing_different_chatbots_leave_none_unpolled(
     assert await run_sql(url, "SELECT serial, instance, epoch FROM owners ORDER BY serial") == epochs
 
 
+async def test_no_chatbot_stays_unpolled_when_one_instance_knows_a_few_or_shares_do_not_divide(
+        url: str, opened: list[PostgresState]) -> None:
+    """The second review's findings: shares rounded up add up to more chatbots than there are,
+    so one instance looked short for ever and the one chatbot only another knew stayed free; and
+    an instance knowing 10 of another's 100 was given back chatbots it did not know, which then
+    stayed free. A chatbot may be free for a renewal or two while the shares settle, never longer."""
+    common = [f"bot-{i:03d}" for i in range(10)]
+    a, b, c = [await PostgresState.open(url, "daemon") for _ in range(3)]
+    opened.extend((a, b, c))
+    now = wall()
+    for _ in range(4):
+        for state in (a, b, c):
+            await state.own([*common, "new-x"] if state is a else common, now)
+    assert sorted(await a.owners()) == sorted([*common, "new-x"])  # 10 over 3 does not divide: all owned
+    everything = [f"bot-{i:03d}" for i in range(100)]
+    free_before: set[str] = set()
+    for _ in range(30):
+        await b.own(everything[:10], now)
+        await a.own(everything, now)
+        free = set(everything) - set(await a.owners())
+        assert not free & free_before, f"free at two looks in a row: {sorted(free & free_before)}"
+        free_before = free
+
+
 async def test_a_paced_sink_is_paced_for_every_instance(url: str, opened: list[PostgresState]) -> None:
     one, two = await PostgresState.open(url, "daemon"), await PostgresState.open(url, "daemon")
     opened += [one, two]

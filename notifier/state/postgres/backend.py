@@ -92,6 +92,7 @@ class PostgresState:
         self.insist_on_sync = True  # SET LOCAL synchronous_commit = on when recording (not if the server says so)
         self.takeovers = 0  # chatbots taken over from an instance whose lease had run out
         self._owning_calls = 0
+        self._free: frozenset[str] = frozenset()  # chatbots nobody owned at the last look
         self.clock_offset: float | None = None  # this host's wall clock minus the server's, at the last beat
         # an operator's query has a deadline too (`state migrate`'s copy takes as long as it takes)
         self.deadline: float | None = (CALL_DEADLINE if self._registers else
@@ -345,7 +346,8 @@ class PostgresState:
     async def own(self, serials: Collection[str], now: float) -> frozenset[str] | None:
         self._owning_calls += 1
         look = self._owning_calls % LOOK_EVERY == 1  # the first, then every 30 s: free ones the counts miss
-        mine, taken = await self._tx("owning chatbots", ownership.own, self.instance, serials, now, look=look)
+        mine, taken, self._free = await self._tx("owning chatbots", ownership.own, self.instance, serials, now,
+                                                 look=look, free_before=self._free)
         self.takeovers += taken
         return mine
 

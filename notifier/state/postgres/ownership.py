@@ -36,13 +36,15 @@ _LAPSED = f"NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = owners.instance A
 
 
 async def own(conn: Conn, instance: str, serials: Collection[str], now: float, *,
-              look: bool = False) -> tuple[frozenset[str], int]:
-    """The chatbots of `serials` this instance owns after this call, and how many it took over
-    from another instance whose lease had run out. `look`: look for free chatbots even when the
-    counts say there are none (instances knowing different chatbots in a rolling change)."""
+              look: bool = False, free_before: Collection[str] = ()) -> tuple[frozenset[str], int, frozenset[str]]:
+    """The chatbots of `serials` this instance owns after this call, how many it took over from
+    another instance whose lease had run out, and which of `serials` it found free (or an empty
+    set when it did not look). `look`: look for free chatbots even when the counts say there are
+    none. A chatbot found free at two looks in a row (`free_before`, the last answer) is taken
+    whatever the share: in a rolling change it may be one nobody else knows."""
     wanted = set(serials)
     if not wanted:
-        return frozenset(), 0
+        return frozenset(), 0, frozenset()
     lease = {"lease": us(OWNER_LEASE), "me": instance, "wanting": len(wanted)}
     # renewing is this one row; the instances sharing the chatbots are those that renewed within
     # a lease (a dead or cut-off one stops counting when its lease lapses: the others take its share)
@@ -53,38 +55,47 @@ async def own(conn: Conn, instance: str, serials: Collection[str], now: float, *
     others = [(int(owning), int(wanting)) for owning, wanting in await cursor.fetchall()]
     live = 1 + len(others)
     share = math.ceil(len(wanted) / live)
-    # how many chatbots the others lack of their shares: only that many are worth giving back
-    short = sum(max(0, math.ceil(wanting / live) - owning) for owning, wanting in others)
+    # how many chatbots the others lack of their shares (rounded down: shares rounded up add up to
+    # more chatbots than there are, and someone would look short for ever): only that many are worth
+    # giving back
+    short = sum(max(0, wanting // live - owning) for owning, wanting in others)
     cursor = await conn.execute("SELECT serial FROM owners WHERE instance = %s", (instance,))
     owned = {serial for (serial,) in await cursor.fetchall()}
     mine = owned & wanted
     beyond = max(0, min(len(mine) - share, short))
-    extra = sorted(owned - wanted) + sorted(mine)[len(mine) - beyond:]  # no longer known, and beyond its share
+    # no longer known, and beyond its share (at random: the one short of its share may not know them all)
+    extra = sorted(owned - wanted) + random.sample(sorted(mine), beyond)
     if extra:  # a new instance joined (or the config changed): given back, the others take them at once
         await conn.execute("DELETE FROM owners WHERE instance = %s AND serial = ANY(%s::text[])", (instance, extra))
         mine -= set(extra)
     taken = 0
+    free: set[str] = set()
     held_by_live = len(mine) + sum(owning for owning, _ in others)
     if look or len(mine) < share or held_by_live < len(wanted):  # some may be free: the owners are read
         cursor = await conn.execute(f"SELECT serial FROM owners WHERE NOT {_LAPSED}", lease)  # noqa: S608
         held = {serial for (serial,) in await cursor.fetchall()}
-        candidates = sorted(wanted - held)
-        random.shuffle(candidates)
+        free = wanted - held
+        # free at the last look too: nobody took it meanwhile, so this instance does
+        orphans = sorted(free & set(free_before))
+        others_free = sorted(free - set(orphans))
+        random.shuffle(others_free)
         # up to its share while others are short of theirs; every free one when nobody else is
         # (a chatbot only this instance knows, in a rolling change, would be polled by nobody)
-        room = max(0, share - len(mine)) if short else len(candidates)
-        if candidates and room:
+        room = max(0, share - len(mine) - len(orphans)) if short else len(others_free)
+        candidates = orphans + others_free[:room]
+        if candidates:
             cursor = await conn.execute(
                 "INSERT INTO owners (serial, instance, epoch, until_us) "  # noqa: S608
                 "SELECT serial, %(me)s, 1, 0 FROM unnest(%(candidates)s::text[]) AS serial "
                 "ON CONFLICT (serial) DO UPDATE SET instance = excluded.instance, epoch = owners.epoch + 1 "
-                f"WHERE {_LAPSED} RETURNING serial, epoch", {**lease, "candidates": candidates[:room]})
+                f"WHERE {_LAPSED} RETURNING serial, epoch", {**lease, "candidates": candidates})
             for serial, epoch in await cursor.fetchall():
                 mine.add(serial)
+                free.discard(serial)
                 taken += epoch > 1
     await conn.execute("UPDATE instances SET owning_count = %s WHERE id = %s AND owning_count IS DISTINCT FROM %s",
                        (len(mine), instance, len(mine)))
-    return frozenset(mine), taken
+    return frozenset(mine), taken, frozenset(free)
 
 
 async def disown(conn: Conn, instance: str) -> None:
