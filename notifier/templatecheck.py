@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 _ONE_EXPRESSION = re.compile(r"\s*\{\{((?:(?!\{\{|\}\}|\{%|\{#).)*)\}\}\s*", re.DOTALL)
 _ENV = re.compile(r"\$(\$)?\{([A-Za-z_][A-Za-z0-9_]*)\}")  # ${VAR} and $${VAR}, as tomlsource reads them
+_TAGS = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.DOTALL)  # a template's expressions and statements
 
 
 def read_templates(table: Table, keys: Sequence[TemplateKey], timezone: str = "UTC") -> MessageTemplates:
@@ -110,6 +111,9 @@ class _Reader:
         return compiled
 
     def _report(self, path: tuple[str | int, ...], message: str) -> None:
+        for secret in self.table.secrets:  # a parser quoting what ${VAR} brought in is told nothing of it
+            if secret:
+                message = message.replace(secret, "***")
         self.failed = True
         where = (*self.table.path, self.key.name, *path)
         self.table.child({}, where[:-1]).report(where[-1], message)
@@ -119,10 +123,16 @@ class _Reader:
         secret (scrubbed from logs and command output): a body often carries an API key. In a
         template (`literal`) it goes in as a string literal, never as template source: a password
         holding `{{` or `{#` is sent as written, and never quoted by a syntax error."""
+        tags = [m.span() for m in _TAGS.finditer(value)] if literal else []
+
         def replace(match: re.Match[str]) -> str:
             if match.group(1):
                 return "${" + match.group(2) + "}"
             name = match.group(2)
+            if any(start <= match.start() < end for start, end in tags):
+                self._report(path, f"${{{name}}} inside {{{{ }}}} or {{% %}}: write it outside them (it is text, "
+                                   "not template)")
+                return match.group(0)
             if name not in self.table.env:
                 self._report(path, f"environment variable {name} is not set")
                 return match.group(0)

@@ -473,3 +473,18 @@ async def test_slack_blocks_keep_each_elements_limit_and_urls_unescaped(
     assert len(button["text"]["text"]) <= 75
     assert button["url"] == "https://crm.example/lead?a=1&b=2"
     assert len(section["fields"][0]["text"]) <= 2000
+
+
+@pytest.mark.parametrize("leaf", ['{{ lead.Name ~ "${TOK}" }}', '{{ "${TOK}" }}',
+                                  '{% if lead.Name == "${TOK}" %}x{% endif %}'])
+def test_a_secret_inside_an_expression_is_refused_by_name_never_shown(leaf: str) -> None:
+    """The second review's finding: `${VAR}` inside `{{ }}` broke the expression, and the syntax
+    error quoted the secret in `check`, `check --json` and the daemon's log."""
+    secret = "sk_live_Abc123Secret"
+    text = ('[api]\napi_key = "k-12345678"\n[sinks.crm]\ntype = "webhook"\nurl = "http://127.0.0.1:9/"\n'
+            f'body = {{ token = {json.dumps(leaf)} }}\n[[chatbots]]\nserial_number = "s1"\n')
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "config.toml", env={"TOK": secret})
+    (problem,) = info.value.problems
+    assert problem.key == "sinks.crm.body.token" and "${TOK} inside {{ }} or {% %}" in problem.message
+    assert "sk_live" not in str(info.value) and "Abc123" not in str(info.value)
