@@ -112,7 +112,7 @@ class _Reader:
 
     def _report(self, path: tuple[str | int, ...], message: str) -> None:
         for secret in self.table.secrets:  # a parser quoting what ${VAR} brought in is told nothing of it
-            if secret:
+            if len(secret) >= 6:  # (a one-letter test key would mask every "k" of the message)
                 message = message.replace(secret, "***")
         self.failed = True
         where = (*self.table.path, self.key.name, *path)
