@@ -93,3 +93,16 @@ async def test_one_poll_failing_and_one_poll_recovered_per_outage_whoever_asks(s
     later = events.replace_sinks(events.poll_recovered("Bot A", SERIAL, START, NOW + timedelta(seconds=5)), ("ops",))
     assert await state.record_event(later) == 0  # nothing open to recover
     assert await state.open_outages() == {}
+
+
+async def test_no_dead_event_for_a_delivery_another_process_claimed_and_sent(engine: Engine) -> None:
+    """The second review's finding: a settle that gave up a delivery after its lease ran out,
+    which another process had claimed and delivered meanwhile, still queued `delivery.dead`."""
+    state, other = await engine.open(), await engine.open("operator")
+    await state.record_poll(poll([(lead(1), ("crm",))]))
+    (mine,) = await claim_all(state, ["crm"])
+    (theirs,) = await claim_all(other, ["crm"], T0 + 61)  # the lease (60 s) ran out: the other has it
+    await other.settle([Outcome((theirs.id,), "done", T0 + 62, detail="HTTP 200")])
+    dead = events.replace_sinks(events.delivery_dead([mine], "permanent: answered 410", 1, NOW), ("ops",))
+    await state.settle([Outcome((mine.id,), "dead", T0 + 63, detail="permanent: answered 410", events=(dead,))])
+    assert await state.sink_counts() == {"crm": SinkCounts(done=1)}  # no ops delivery queued

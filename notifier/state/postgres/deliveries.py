@@ -122,12 +122,14 @@ async def settle(conn: Conn, outcomes: Sequence[Outcome], instance: str) -> None
             ([i for _, i in retry], [us(o.at) for o, _ in retry],
              [us(o.next_at if o.next_at is not None else o.at) for o, _ in retry], [o.detail for o, _ in retry],
              instance))
+    made_dead: set[int] = set()
     if dead := of("dead"):
-        await conn.execute(
+        cursor = await conn.execute(
             "UPDATE outbox o SET state = 'dead', attempts = o.attempts + 1, last_error = u.detail, claim = NULL, "
             "updated_at_us = u.at FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS u(id, at, detail) "
-            "WHERE o.id = u.id AND o.claim = %s",
+            "WHERE o.id = u.id AND o.claim = %s RETURNING o.id",
             ([i for _, i in dead], [us(o.at) for o, _ in dead], [o.detail for o, _ in dead], instance))
+        made_dead = {int(row[0]) for row in await cursor.fetchall()}
     if wait := of("wait"):
         await conn.execute(
             "UPDATE outbox o SET state = 'held', next_at_us = u.next_at, last_error = u.detail, claim = NULL, "
@@ -137,9 +139,10 @@ async def settle(conn: Conn, outcomes: Sequence[Outcome], instance: str) -> None
             ([i for _, i in wait], [us(o.at) for o, _ in wait],
              [us(o.next_at if o.next_at is not None else o.at) for o, _ in wait], [o.detail for o, _ in wait],
              instance))
-    for outcome in outcomes:
-        for event in outcome.events:
-            await write_event(conn, event)
+    for outcome in outcomes:  # a delivery someone else claimed (and sent) meanwhile is not dead: no event
+        if made_dead.intersection(outcome.ids):
+            for event in outcome.events:
+                await write_event(conn, event)
     if release := of("release"):
         await conn.execute(
             "UPDATE outbox o SET next_at_us = u.at, claim = NULL FROM unnest(%s::bigint[], %s::bigint[]) AS u(id, at) "

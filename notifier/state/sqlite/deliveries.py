@@ -97,14 +97,18 @@ def settle(db: sqlite3.Connection, outcomes: Sequence[Outcome], instance: str) -
     # a delivery someone else claimed meanwhile (its lease ran out) is theirs to settle
     db.executemany("UPDATE outbox SET attempts = attempts + 1, next_at_us = ?, last_error = ?, claim = NULL, "
                    "updated_at_us = ? WHERE id = ? AND claim = ?", retry)
-    db.executemany("UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?, claim = NULL, "
-                   "updated_at_us = ? WHERE id = ? AND claim = ?", dead)
+    made_dead: set[int] = set()
+    for detail, at, i, me in dead:  # one by one: an outcome's events only if it made a delivery dead
+        if db.execute("UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?, claim = NULL, "
+                      "updated_at_us = ? WHERE id = ? AND claim = ?", (detail, at, i, me)).rowcount:
+            made_dead.add(i)
     db.executemany("UPDATE outbox SET next_at_us = ?, claim = NULL WHERE id = ? AND claim = ?", release)
     db.executemany("UPDATE outbox SET state = 'held', next_at_us = ?, last_error = ?, claim = NULL, batch = NULL, "
                    "updated_at_us = ? WHERE id = ? AND claim = ?", wait)
-    for outcome in outcomes:
-        for event in outcome.events:
-            write_event(db, event)
+    for outcome in outcomes:  # a delivery someone else claimed (and sent) meanwhile is not dead: no event
+        if made_dead.intersection(outcome.ids):
+            for event in outcome.events:
+                write_event(db, event)
 
 
 def waiting_sinks(db: sqlite3.Connection, sinks: Collection[str]) -> list[str]:
