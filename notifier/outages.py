@@ -53,9 +53,9 @@ class OutageWatch:
 
     async def failed(self, now: datetime, error: Exception) -> bool:
         """One more failed poll; True when it queued the outage's `poll.failing`."""
-        self.failures += 1
         if not await self._sure():
             return False
+        self.failures += 1
         if self.since is None:
             self.since = now
         if self.announced or (now - self.since).total_seconds() < self.chatbot.alert_after:
@@ -113,8 +113,8 @@ class OutageWatch:
         since_us = found.get(self.chatbot.serial_number)
         if since_us is not None:
             self.since, self.announced = from_micros(since_us), True
-        elif self.announced:  # closed meanwhile by another instance
-            self.since, self.announced = None, False
+        else:  # none open: what this watch knew is old (the chatbot was away, or closed meanwhile)
+            self.since, self.announced, self.failures = None, False, 0
         self.unsure = False
         return True
 

@@ -90,8 +90,8 @@ async def _deliver_now(config: Config, sink: str, queued: Sequence[int], out: IO
             finally:
                 await dispatcher.aclose()
         pending = await store.count_pending(queued)
-        waiting = await store.outbox(state="held", sink=sink) if dispatcher.hours.closed(sink, datetime.now(UTC)) \
-            else []
+        waiting = await store.outbox(state="held", sink=sink, limit=10**9) \
+            if dispatcher.hours.closed(sink, datetime.now(UTC)) else []
     finally:
         await store.close()
     held = sum(1 for row in waiting if row.id in set(queued))

@@ -58,7 +58,9 @@ class Sharing:
         by itself, and the others take over."""
         asked = asyncio.get_running_loop().time()
         taken = store.takeovers
-        before = self.owned
+        # what it owned is what it may still rely on: after a cut-off longer than that, every
+        # chatbot it gets back may have been another's meanwhile
+        before = self.owned if self.owned is None or asked < self.until else frozenset()
         try:
             self.owned = await store.own([p.chatbot.serial_number for p in pollers], self.clock().timestamp())
             self.metrics.takeovers.inc(store.takeovers - taken)

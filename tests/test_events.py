@@ -202,3 +202,33 @@ async def test_leads_list_shows_an_event_as_one(state: State) -> None:
     await state.record_event(events.replace_sinks(failing, ("ops",)))
     (record,) = await state.find_leads(LeadQuery(), with_attempts=True)
     assert lead_state(record) == "event: ops=pending"
+
+
+async def test_a_watch_back_from_elsewhere_forgets_its_old_failures(state: State) -> None:
+    """The second review's finding: a chatbot coming back to an instance kept the start of a
+    failure streak from before it left; one failure then announced "failing for hours"."""
+    from notifier.config import ChatbotConfig
+    from notifier.exceptions import ApiError
+    from notifier.outages import OutageWatch
+
+    chatbot = ChatbotConfig(name="beta", serial_number="s-beta", interval=1, lookback_days=2, first_run="baseline",
+                            api_key="k", sinks=(), alert_after=60)
+    watch = OutageWatch.resuming(chatbot, state, routes(ops=("poll.failing",)), None)
+    assert not await watch.failed(NOW, ApiError("beta", "timeout"))  # then it went to another instance
+    watch.unsure = True  # and came back three hours later
+    assert not await watch.failed(NOW + timedelta(hours=3), ApiError("beta", "revoked", code=401))
+    assert watch.since == NOW + timedelta(hours=3) and watch.failures == 1
+
+
+async def test_whether_an_outage_is_open_follows_the_order_recorded_not_the_hosts_clocks(state: State) -> None:
+    """The second review's finding: open or closed was judged by the events' own times, which
+    come from the clocks of the hosts that saw them: a recovery stamped by a host 5 s behind the
+    failure's left the outage open for ever (and a second poll.failing possible)."""
+    since = NOW
+    failing = events.poll_failing("beta", "s1", since, NOW, failures=3, error="x", message="x", code=401,
+                                  http_status=200)
+    assert await state.record_event(events.replace_sinks(failing, ("ops",))) == 1
+    behind = since - timedelta(seconds=5)  # the host that saw it recover is 5 s behind
+    assert await state.record_event(events.replace_sinks(events.poll_recovered("beta", "s1", since, behind),
+                                                         ("ops",))) == 1
+    assert await state.open_outages() == {}

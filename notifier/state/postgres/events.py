@@ -26,13 +26,14 @@ _RECORD = (
     "SELECT (SELECT count(*) FROM queued), (SELECT count(*) FROM wake)")
 OUTAGE_KINDS = ("poll.failing", "poll.recovered")
 OUTAGE_LOCK = 0x53424F55  # "SBOU": with the chatbot's hash, the advisory lock of its outage events
+# open: a `poll.failing` with no `poll.recovered` recorded after it — after by the row's id, which
+# the database assigns (the events' own times come from the clocks of the hosts that saw them)
 _IS_OPEN = ("EXISTS (SELECT 1 FROM leads f WHERE f.serial = %(serial)s AND f.type = 'poll.failing' AND NOT EXISTS "
-            "(SELECT 1 FROM leads r WHERE r.serial = f.serial AND r.type = 'poll.recovered' "
-            "AND r.created_us >= f.created_us))")
-_OPEN = ("SELECT f.serial, f.since FROM (SELECT serial, max(created_us) AS since FROM leads "
+            "(SELECT 1 FROM leads r WHERE r.serial = f.serial AND r.type = 'poll.recovered' AND r.id > f.id))")
+_OPEN = ("SELECT f.serial, l.created_us FROM (SELECT serial, max(id) AS last FROM leads "
          "WHERE type = 'poll.failing' AND (%(all)s OR serial = ANY(%(serials)s::text[])) GROUP BY serial) f "
-         "WHERE NOT EXISTS (SELECT 1 FROM leads r WHERE r.serial = f.serial AND r.type = 'poll.recovered' "
-         "AND r.created_us >= f.since)")
+         "JOIN leads l ON l.id = f.last WHERE NOT EXISTS (SELECT 1 FROM leads r WHERE r.serial = f.serial "
+         "AND r.type = 'poll.recovered' AND r.id > f.last)")
 
 
 async def write_event(conn: Conn, event: EventRecord) -> int:

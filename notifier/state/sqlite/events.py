@@ -12,12 +12,13 @@ from ..rows import encode_raw
 from ..times import moment_us
 
 OUTAGE_KINDS = ("poll.failing", "poll.recovered")
+# open: a `poll.failing` with no `poll.recovered` recorded after it — after by the row's id, which
+# the database assigns (the events' own times come from the clocks of the hosts that saw them)
 _IS_OPEN = ("EXISTS (SELECT 1 FROM leads f WHERE f.serial = ?1 AND f.type = 'poll.failing' AND NOT EXISTS "
-            "(SELECT 1 FROM leads r WHERE r.serial = f.serial AND r.type = 'poll.recovered' "
-            "AND r.created_us >= f.created_us))")
-_OPEN = ("SELECT f.serial, f.since FROM (SELECT serial, max(created_us) AS since FROM leads "
-         "WHERE type = 'poll.failing' {only}GROUP BY serial) f WHERE NOT EXISTS (SELECT 1 FROM leads r "
-         "WHERE r.serial = f.serial AND r.type = 'poll.recovered' AND r.created_us >= f.since)")
+            "(SELECT 1 FROM leads r WHERE r.serial = f.serial AND r.type = 'poll.recovered' AND r.id > f.id))")
+_OPEN = ("SELECT f.serial, l.created_us FROM (SELECT serial, max(id) AS last FROM leads "
+         "WHERE type = 'poll.failing' {only}GROUP BY serial) f JOIN leads l ON l.id = f.last WHERE NOT EXISTS "
+         "(SELECT 1 FROM leads r WHERE r.serial = f.serial AND r.type = 'poll.recovered' AND r.id > f.last)")
 
 
 def write_event(db: sqlite3.Connection, event: EventRecord) -> int:
