@@ -20,6 +20,7 @@ fails for one lead raises PermanentError: a dead letter that says why)."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -74,20 +75,65 @@ MAX_PRODUCT = 100_000  # characters (or items) `"x" * n` may make: a template is
 MAX_RANGE = 10_000  # items `range()` may give in a template
 
 
-class Sandbox(ImmutableSandboxedEnvironment):
-    """Jinja's immutable sandbox, with `*` and `**` bounded: `"x" * 100000000` or `9 ** 9 ** 9`
-    (synchronous, on the event loop) must not stall the daemon or fill its memory."""
+MAX_BITS = 100_000  # an integer a template computes: at most about 30,000 digits
 
-    intercepted_binops = frozenset({"*", "**"})
+
+class Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, with what makes big values bounded: `"x" * 100000000`,
+    `2 ** 64 ** 64`, `s + s` doubling, a `join` or `replace` of gigabytes, `center(10**9)`
+    (a template runs synchronously, on the event loop: it must not stall the daemon or fill its
+    memory). A loop of `~` is bounded only by `range` (MAX_RANGE): templates are the operator's."""
+
+    intercepted_binops = frozenset({"*", "**", "+"})
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**" and _number(right) and abs(right) > 64:
             raise SecurityError(f"exponent {right!r} is too large for a template")
+        if (operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0
+                and left.bit_length() * right > MAX_BITS):
+            raise SecurityError(f"`**` would make a number of more than {MAX_BITS:,} bits")
         if operator == "*":
             for sized, times in ((left, right), (right, left)):
                 if isinstance(sized, str | list | tuple) and _number(times) and len(sized) * times > MAX_PRODUCT:
                     raise SecurityError(f"`*` would make more than {MAX_PRODUCT:,} characters or items")
+        if (operator == "+" and isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple)
+                and len(left) + len(right) > MAX_PRODUCT):
+            raise SecurityError(f"`+` would make more than {MAX_PRODUCT:,} characters or items")
         return super().call_binop(context, operator, left, right)
+
+
+def _bounded_filters(env: Sandbox) -> None:
+    """The filters that make big text from small arguments, refused before they do."""
+    join, replace, center, indent = (env.filters[name] for name in ("join", "replace", "center", "indent"))
+
+    def too_big(size: int, what: str) -> None:
+        if size > MAX_PRODUCT:
+            raise SecurityError(f"`{what}` would make more than {MAX_PRODUCT:,} characters")
+
+    @functools.wraps(join)
+    def bounded_join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> Any:
+        items = list(value)
+        too_big(sum(len(str(item)) for item in items) + len(d) * max(0, len(items) - 1), "join")
+        return join(eval_ctx, items, d, attribute)
+
+    @functools.wraps(replace)
+    def bounded_replace(eval_ctx: Any, s: Any, old: Any, new: Any, count: Any = None) -> Any:
+        text, old_text, new_text = str(s), str(old), str(new)
+        found = len(text) + 1 if not old_text else text.count(old_text)
+        too_big(len(text) + found * max(0, len(new_text) - len(old_text)), "replace")
+        return replace(eval_ctx, s, old, new, count)
+
+    def bounded_center(value: Any, width: int = 80) -> Any:
+        too_big(width, "center")
+        return center(value, width)
+
+    def bounded_indent(s: Any, width: Any = 4, *args: Any, **kwargs: Any) -> Any:
+        too_big(len(str(s)) + (str(s).count("\n") + 1) * (len(width) if isinstance(width, str) else int(width)),
+                "indent")
+        return indent(s, width, *args, **kwargs)
+
+    env.filters.update(join=bounded_join, replace=bounded_replace, center=bounded_center, indent=bounded_indent)
+    env.globals.pop("lipsum", None)
 
 
 def _number(value: Any) -> bool:
@@ -113,6 +159,7 @@ def environment(escape: Escape) -> Sandbox:
             trim_blocks=people, lstrip_blocks=people, cache_size=0, auto_reload=False)
         env.filters["datetime"] = datetime_filter
         env.globals["range"] = _bounded_range
+        _bounded_filters(env)
         del env.filters["safe"]  # nothing a lead wrote may be marked as markup
         _ENVIRONMENTS[escape] = env
     return env

@@ -425,6 +425,14 @@ async def test_redaction_absent_fields_and_dict_methods(http: aiohttp.ClientSess
     ('{{ "x" * 100000000 }}', "would make more than 100,000 characters"),
     ("{{ 9 ** 100000000 }}", "exponent"),
     ("{% for i in range(1000000) %}{{ i }}{% endfor %}", "range() of more than 10,000 items"),
+    # the second review's: a chain of powers, a multiplied list joined, `+` doubling, big padding
+    ("{{ (((2 ** 64) ** 64) ** 64) > 1 }}", "`**` would make a number of more than 100,000 bits"),
+    ('{{ (["x" * 100000] * 20000) | join }}', "`join` would make more than 100,000 characters"),
+    ('{% set ns = namespace(s="x") %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s }}',
+     "`+` would make more than 100,000 characters"),
+    ('{{ lead.Name | center(1000000000) }}', "`center` would make more than 100,000 characters"),
+    ('{{ lead.Name | replace("", "y" * 50000) }}', "`replace` would make more than 100,000 characters"),
+    ("{{ lipsum(2000) }}", "lipsum"),
 ])
 def test_what_would_turn_markup_loose_or_stall_the_daemon_is_a_config_error(template: str, said: str) -> None:
     """The review's findings: `{% autoescape false %}` let a lead's HTML through to email and
