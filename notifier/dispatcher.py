@@ -37,7 +37,6 @@ class Dispatcher:
                  only: Collection[int] | None = None, lease: float = LEASE,
                  attempt_deadline: float = ATTEMPT_DEADLINE, hours: HoursGate | None = None,
                  routes: EventRoutes | None = None) -> None:
-        self.metrics = metrics
         self.store = store
         self.sinks = dict(sinks)
         self.clock = clock
