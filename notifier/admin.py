@@ -122,12 +122,20 @@ def print_status(data: dict[str, Any], out: IO[str]) -> None:
     table(rows, out)
     print(file=out)
     table([("SINK", "PENDING", "HELD", "DEAD", "")] + [
-        (safe_text(s["name"], 40), str(s["pending"]), str(s["held"]), str(s["dead"]), s.get("note", ""))
+        (safe_text(s["name"], 40), str(s["pending"]), str(s["held"]), str(s["dead"]), _sink_note(s))
         for s in data["sinks"]], out)
     if any(s["held"] for s in data["sinks"]):
         print("\nheld by the flood guard, or waiting for a sink's active hours (sent when they begin): "
               "`outbox list --held` to see them and why, `outbox retry --held` to send them now, "
               "`outbox purge --held` to drop them", file=out)
+
+
+def _sink_note(sink: dict[str, Any]) -> str:
+    """The last column of a sink's row: its note, and its active hours when it has some."""
+    parts = [sink["note"]] if sink.get("note") else []
+    if sink.get("active_hours") and not parts:
+        parts.append(f"active hours {sink['active_hours']}")
+    return "; ".join(parts)
 
 
 def _hours(sink: SinkConfig, now: datetime) -> dict[str, str]:
@@ -137,7 +145,8 @@ def _hours(sink: SinkConfig, now: datetime) -> dict[str, str]:
         return {}
     found = {"active_hours": hours.describe()}
     if not hours.is_open(now):
-        found["note"] = f"outside active hours until {hours.next_open(now).astimezone(hours.zone):%a %H:%M}"
+        found["note"] = (f"outside active hours until {hours.next_open(now).astimezone(hours.zone):%a %H:%M} "
+                         f"({hours.zone_name})")
     return found
 
 

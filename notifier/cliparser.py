@@ -228,7 +228,8 @@ def _parked(parser: argparse.ArgumentParser, *, required: bool, what: str) -> No
     group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument("--dead", dest="parked", action="store_const", const="dead", help=what.format("dead"))
     group.add_argument("--held", dest="parked", action="store_const", const="held",
-                       help=what.format("held") + ", held by the flood guard")
+                       help=what.format("held") + ", held by the flood guard or waiting for the sink's "
+                       "active hours (`outbox list --held` shows which: its LAST ERROR says why)")
 
 
 def walk(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:

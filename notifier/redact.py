@@ -75,7 +75,23 @@ def redact_lead(lead: Lead, fields: Iterable[str]) -> Lead:
 
 
 def redact(delivery: Delivery, fields: Sequence[str]) -> Delivery:
-    return dataclasses.replace(delivery, lead=redact_lead(delivery.lead, fields)) if fields else delivery
+    if not fields:
+        return delivery
+    if delivery.event is not None:
+        return _redact_event(delivery, fields)
+    return dataclasses.replace(delivery, lead=redact_lead(delivery.lead, fields))
+
+
+def _redact_event(delivery: Delivery, fields: Sequence[str]) -> Delivery:
+    """An operational event names leads only in `delivery.dead` (`leads[].name`): masked as the
+    leads themselves are for this sink."""
+    raw = delivery.lead.raw
+    leads = raw.get("leads")
+    if "Name" not in fields or not isinstance(leads, list):
+        return delivery
+    masked = [{**item, "name": mask("Name", item["name"])} if isinstance(item, dict) and isinstance(
+        item.get("name"), str) else item for item in leads]
+    return dataclasses.replace(delivery, lead=dataclasses.replace(delivery.lead, raw={**raw, "leads": masked}))
 
 
 class RedactingSink:

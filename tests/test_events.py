@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from notifier import events
@@ -20,7 +21,7 @@ from notifier.leads import parse_records
 from notifier.logs import register_secrets
 from notifier.service import Service
 from notifier.simulator import Simulator
-from notifier.sinks import SinkConfig
+from notifier.sinks import SinkConfig, SinkContext
 from notifier.state import EventRecord, LeadQuery, PollRecord, SinkCounts, State
 from notifier.state.sqlite import SQLiteState
 from notifier.types import Delivery
@@ -232,3 +233,25 @@ async def test_whether_an_outage_is_open_follows_the_order_recorded_not_the_host
     assert await state.record_event(events.replace_sinks(events.poll_recovered("beta", "s1", since, behind),
                                                          ("ops",))) == 1
     assert await state.open_outages() == {}
+
+
+async def test_a_sink_that_masks_names_gets_them_masked_in_a_dead_letter_event_too(state: State) -> None:
+    """The third review's finding: `redact = ["Name"]` masked the lead's own deliveries, but the
+    `delivery.dead` event named the lead in `leads[].name` unmasked."""
+    import io
+
+    from notifier.redact import RedactingSink
+    from notifier.sinks.console import ConsoleConfig, ConsoleSink
+
+    lead = parse_records("serial", [{"Type": "Lead", "SessionID": 7, "Name": "Ada Lovelace",
+                                     "CreateTime": "2025-03-01T10:00:00Z"}]).leads[0]
+    given_up = Delivery(id=5, sink="crm", chatbot="bot", lead=lead, detected_at=NOW)
+    event = events.replace_sinks(events.delivery_dead([given_up], "permanent: answered 410", 3, NOW), ("ops",))
+    await state.record_event(event)
+    (told,) = [d for group in await state.claim(NOW.timestamp() + 1, {"ops": 1}, lease=60) for d in group]
+    out = io.StringIO()
+    config = ConsoleConfig(name="ops", type="console", format="json")
+    async with aiohttp.ClientSession() as http:
+        sink = RedactingSink(ConsoleSink(config, SinkContext(http=http, stdout=out)), ("Name",))
+        await sink.send(told)
+    assert "Lovelace" not in out.getvalue() and '"session_id":7' in out.getvalue()

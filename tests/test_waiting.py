@@ -201,9 +201,13 @@ async def test_three_leads_outside_slacks_hours_make_one_summary_when_they_begin
         assert service.store is not None
         await until(lambda: _held(service.store), what="the Slack deliveries held")  # type: ignore[arg-type]
         assert slack.messages == []
-        (row,) = [s for s in (await admin.status(config, now[0]))["sinks"] if s["name"] == "slack"]
+        data = await admin.status(config, now[0])
+        printed = io.StringIO()
+        admin.print_status(data, printed)  # the text says it too, with the zone of the time it gives
+        assert "outside active hours until Mon 08:00 (Europe/Berlin)" in printed.getvalue()
+        (row,) = [s for s in data["sinks"] if s["name"] == "slack"]
         assert (row["held"], row["note"], row["active_hours"]) == (
-            3, "outside active hours until Mon 08:00", "Mon-Fri 08:00-18:00 (Europe/Berlin)")
+            3, "outside active hours until Mon 08:00 (Europe/Berlin)", "Mon-Fri 08:00-18:00 (Europe/Berlin)")
         now[0] = datetime(2025, 3, 3, 7, 0, 1, tzinfo=UTC)
         assert service.dispatcher is not None
         service.dispatcher.wake()  # the injected clock moved: a real one would have woken it
