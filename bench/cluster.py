@@ -30,14 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pgscratch import STATS_LAG, Scratch, ScratchError, scratch_database
 from pgscratch import check as check_server
-from run import KEY, Receiver, Server, cpu_seconds, rss_mb, serve, wait_for
+from run import KEY, Server, Servers, cpu_seconds, rss_mb, wait_for
 
-from notifier.simulator import Simulator, start_simulator
+from notifier.simulator import Simulator
 from notifier.state.location import redacted, url_problem
 
 METRIC = "smarterbot_notifier_"
@@ -106,15 +105,9 @@ def free_ports(count: int) -> list[int]:
 async def scenario(n: int, interval: float, instances: int, burst_size: int, out: dict[str, Any],
                    scratch: Scratch | None) -> None:
     server = None if scratch is None else Server(scratch)
-    sim = Simulator(api_keys={KEY}, vary=False, keep_requests=10**7)
-    serials = [f"clus{i:028d}" for i in range(n)]
-    for serial in serials:
-        sim.add_chatbot(serial)
-    sim_runner, api = await start_simulator(sim)
-    receiver = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", receiver.handle)
-    rec_runner, rec_port = await serve(app)
+    servers = await Servers.start(n, "clus")
+    sim, serials, api = servers.sim, servers.serials, servers.api
+    receiver, rec_port = servers.receiver, servers.rec_port
     polls = Polls(sim)
     stop = asyncio.Event()
     follower = asyncio.create_task(polls.follow(stop))
@@ -207,8 +200,7 @@ async def scenario(n: int, interval: float, instances: int, burst_size: int, out
             stop.set()
             await follower
             await http.close()
-    await rec_runner.cleanup()
-    await sim_runner.cleanup()
+    await servers.stop()
 
 
 def report(rows: dict[str, dict[str, Any]]) -> None:

@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,35 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
     return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
 
+@dataclass
+class Servers:
+    """The simulator with the benchmark's chatbots, and a webhook receiver, both on loopback."""
+
+    sim: Simulator
+    serials: list[str]
+    api: str
+    receiver: Receiver
+    rec_port: int
+    runners: tuple[web.AppRunner, web.AppRunner]
+
+    @classmethod
+    async def start(cls, n: int, prefix: str) -> Servers:
+        sim = Simulator(api_keys={KEY}, vary=False, keep_requests=10**7)
+        serials = [f"{prefix}{i:0{32 - len(prefix)}d}" for i in range(n)]
+        for serial in serials:
+            sim.add_chatbot(serial)
+        sim_runner, api = await start_simulator(sim)
+        receiver = Receiver()
+        app = web.Application()
+        app.router.add_post("/hook", receiver.handle)
+        rec_runner, rec_port = await serve(app)
+        return cls(sim, serials, api, receiver, rec_port, (sim_runner, rec_runner))
+
+    async def stop(self) -> None:
+        for runner in reversed(self.runners):
+            await runner.cleanup()
+
+
 async def wait_for(condition: Any, limit: float) -> bool:
     deadline = time.monotonic() + limit
     while not condition():
@@ -120,15 +150,9 @@ async def daemon_scenario(n: int, interval: float, measure: float, out: dict[str
     measured too; its per-database counters lag (STATS_LAG), so the phases they measure start
     after a pause that lets the previous phase's transactions be counted."""
     server = None if scratch is None else Server(scratch)
-    sim = Simulator(api_keys={KEY}, vary=False, keep_requests=10**7)
-    serials = [f"bench{i:027d}" for i in range(n)]
-    for serial in serials:
-        sim.add_chatbot(serial)
-    sim_runner, api = await start_simulator(sim)
-    receiver = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", receiver.handle)
-    rec_runner, rec_port = await serve(app)
+    servers = await Servers.start(n, "bench")
+    sim, serials, api = servers.sim, servers.serials, servers.api
+    receiver, rec_port = servers.receiver, servers.rec_port
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "config.toml"
         bots = "".join(f'[[chatbots]]\nname = "b{i}"\nserial_number = "{s}"\n' for i, s in enumerate(serials))
@@ -223,8 +247,7 @@ async def daemon_scenario(n: int, interval: float, measure: float, out: dict[str
         out["bare_cpu_per_post_ms"] = bare_out["post_ms"]
         out["poll_cpu_ratio"] = out["cpu_per_poll_ms"] / bare_out["poll_ms"]
         out["delivery_cpu_ratio"] = out["cpu_per_delivery_ms"] / bare_out["post_ms"]
-    await rec_runner.cleanup()
-    await sim_runner.cleanup()
+    await servers.stop()
 
 
 async def bare(api: str, rec_port: int, count: int, serials: list[str]) -> None:
